@@ -1,0 +1,130 @@
+/*
+ * common: what every sandgate module shares.
+ *
+ * - error codes (SG_E*, negative ints) and sg_strerror();
+ * - structured logging (one line per event, logfmt or JSON);
+ * - crypto helpers on mbedTLS: randomness (CTR_DRBG), SHA-256, HMAC-SHA256, constant-time compare;
+ * - the one HTTP error path (JSON {"code":N,"message":"..."}) for every h2o-based server.
+ *
+ * Thread safety: everything here may be called from any thread unless a comment says otherwise.
+ */
+#ifndef SG_COMMON_H
+#define SG_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdbool.h>
+
+/* ---- errors ---------------------------------------------------------------------------------- */
+
+#define SG_ERRNO_MAP(X)                                                                            \
+    X(NOMEM, -1, "out of memory")                                                                  \
+    X(INVAL, -2, "invalid argument")                                                               \
+    X(IO, -3, "input/output error")                                                                \
+    X(NOTFOUND, -4, "not found")                                                                   \
+    X(EXISTS, -5, "already exists")                                                                \
+    X(UNAVAIL, -6, "service unavailable")                                                          \
+    X(TIMEOUT, -7, "timed out")                                                                    \
+    X(AUTH, -8, "authentication failed")                                                           \
+    X(LIMIT, -9, "limit reached")                                                                  \
+    X(CANCELED, -10, "canceled")                                                                   \
+    X(PROTO, -11, "protocol error")                                                                \
+    X(NOROOM, -12, "no capacity")                                                                  \
+    X(TOOBIG, -13, "too large")
+
+enum {
+    SG_OK = 0,
+#define SG__ERR_ENUM(name, code, msg) SG_E##name = code,
+    SG_ERRNO_MAP(SG__ERR_ENUM)
+#undef SG__ERR_ENUM
+};
+
+/* Returns a static string for an SG_E* code (or "unknown error"). */
+const char *sg_strerror(int err);
+
+/* ---- logging --------------------------------------------------------------------------------- */
+
+typedef enum { SG_LOG_DEBUG, SG_LOG_INFO, SG_LOG_WARN, SG_LOG_ERROR } sg_log_level_t;
+typedef enum { SG_LOG_LOGFMT, SG_LOG_JSON } sg_log_format_t;
+typedef enum { SG_LF_STR, SG_LF_INT, SG_LF_DBL } sg_log_ftype_t;
+
+typedef struct {
+    const char *key;
+    sg_log_ftype_t type;
+    union {
+        const char *s; /* NULL is logged as an empty string */
+        long long i;
+        double d;
+    };
+} sg_log_field_t;
+
+#define SG_LS(k, v) ((sg_log_field_t){.key = (k), .type = SG_LF_STR, .s = (v)})
+#define SG_LI(k, v) ((sg_log_field_t){.key = (k), .type = SG_LF_INT, .i = (long long)(v)})
+#define SG_LD(k, v) ((sg_log_field_t){.key = (k), .type = SG_LF_DBL, .d = (double)(v)})
+
+/* Sets the process-wide minimum level, format and stream (default: info, logfmt, stderr).
+ * Call once at start-up, before other threads log. */
+void sg_log_setup(sg_log_level_t level, sg_log_format_t format, FILE *out);
+/* Parses "debug|info|warn|error" / "logfmt|json"; returns 0 or SG_EINVAL. */
+int sg_log_level_parse(const char *s, sg_log_level_t *out);
+int sg_log_format_parse(const char *s, sg_log_format_t *out);
+bool sg_log_enabled(sg_log_level_t level);
+
+/* Writes one line: ts, level, msg, then the fields in order. The line is written with a single
+ * fwrite, so lines from different threads never interleave. */
+void sg_log_fields(sg_log_level_t level, const char *msg, const sg_log_field_t *fields, size_t n);
+/* Formats a line into buf (NUL-terminated, truncated to cap, always ending in '\n');
+ * returns its length. ts_ms is milliseconds since the epoch. Exposed for tests. */
+size_t sg_log_format_line(char *buf, size_t cap, sg_log_format_t fmt, long long ts_ms,
+                          sg_log_level_t level, const char *msg, const sg_log_field_t *fields,
+                          size_t n);
+
+#define sg_log(level, msg, ...)                                                                    \
+    sg_log_fields((level), (msg), (const sg_log_field_t[]){__VA_ARGS__},                          \
+                  sizeof((const sg_log_field_t[]){__VA_ARGS__}) / sizeof(sg_log_field_t))
+#define sg_log_msg(level, msg) sg_log_fields((level), (msg), NULL, 0)
+
+/* ---- crypto ---------------------------------------------------------------------------------- */
+
+/* Fills buf with n bytes from a process-wide CTR_DRBG seeded from the OS entropy source.
+ * Returns 0, or SG_EIO when the DRBG cannot be seeded (callers must fail closed). */
+int sg_rand_bytes(void *buf, size_t n);
+void sg_sha256(const void *data, size_t len, uint8_t out[32]);
+void sg_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen,
+                    uint8_t out[32]);
+/* Constant-time equality of two buffers of the same length n; returns true when equal. */
+bool sg_ct_equal(const void *a, const void *b, size_t n);
+/* Constant-time equality of two NUL-terminated strings (time depends only on the lengths). */
+bool sg_ct_streq(const char *a, const char *b);
+/* Lower-case hex of n bytes into out (2n+1 bytes, NUL-terminated). */
+void sg_hex_encode(const uint8_t *in, size_t n, char *out);
+/* Parses exactly 2n hex digits (either case) into out; returns 0 or SG_EINVAL. */
+int sg_hex_decode(const char *in, size_t inlen, uint8_t *out);
+
+/* ---- time ------------------------------------------------------------------------------------ */
+
+/* Wall clock in milliseconds since the epoch, and a monotonic clock in nanoseconds. */
+long long sg_now_ms(void);
+uint64_t sg_mono_ns(void);
+/* RFC 3339 UTC with milliseconds ("2026-11-26T04:50:00.123Z") into out (>= 25 bytes). */
+void sg_format_rfc3339(long long ms, char *out, size_t cap);
+
+/* ---- HTTP (h2o) ------------------------------------------------------------------------------ */
+
+struct st_h2o_req_t;
+struct json_t;
+
+/* The one error path: responds with status and JSON {"code":status,"message":message}.
+ * Must be called on the request's loop thread; the request is finished afterwards. */
+void sg_http_error(struct st_h2o_req_t *req, int status, const char *message);
+/* Responds with status and the JSON body (compact); takes ownership of body (decref'd here).
+ * A NULL body sends an empty response (use for 204). */
+void sg_http_json(struct st_h2o_req_t *req, int status, struct json_t *body);
+/* Standard reason phrase for a status ("Not Found"); "" when unknown. */
+const char *sg_http_reason(int status);
+/* Finds a request header by lower-case name; returns its value (not NUL-terminated) and sets
+ * *len, or NULL when absent. */
+const char *sg_http_header(struct st_h2o_req_t *req, const char *name, size_t *len);
+
+#endif

@@ -1,0 +1,72 @@
+/*
+ * The HTTP response helpers shared by the gateway, the node agent and envd.
+ *
+ * Every error reply in sandgate goes through sg_http_error(), so the body shape
+ * {"code":N,"message":"..."} (what the E2B SDK parses) is defined in one place. Bodies are
+ * allocated from the request's pool and so live exactly as long as the response.
+ */
+#include <string.h>
+#include <h2o.h>
+#include <jansson.h>
+#include "common/common.h"
+
+const char *sg_http_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    }
+    return "";
+}
+
+void sg_http_json(h2o_req_t *req, int status, json_t *body)
+{
+    req->res.status = status;
+    req->res.reason = sg_http_reason(status);
+    if (body == NULL) {
+        h2o_send_inline(req, "", 0);
+        return;
+    }
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("application/json"));
+    size_t len = json_dumpb(body, NULL, 0, JSON_COMPACT);
+    char *buf = h2o_mem_alloc_pool(&req->pool, len + 1);
+    json_dumpb(body, buf, len, JSON_COMPACT);
+    json_decref(body);
+    h2o_send_inline(req, buf, len);
+}
+
+void sg_http_error(h2o_req_t *req, int status, const char *message)
+{
+    sg_http_json(req, status, json_pack("{s:i,s:s}", "code", status, "message", message));
+}
+
+const char *sg_http_header(h2o_req_t *req, const char *name, size_t *len)
+{
+    size_t nlen = strlen(name);
+    for (size_t i = 0; i < req->headers.size; i++) {
+        h2o_header_t *h = &req->headers.entries[i];
+        if (h->name->len == nlen && memcmp(h->name->base, name, nlen) == 0) {
+            *len = h->value.len;
+            return h->value.base;
+        }
+    }
+    return NULL;
+}
