@@ -12,8 +12,9 @@
  * document, so YAML aliases (even cyclic ones) cannot make the walk deeper or longer than the
  * schema and the list caps allow.
  *
- * Every problem is appended to the caller's error buffer, one "file:line:col: key: message"
- * line each (line/column 1-based, from libyaml marks), up to SG__CFG_MAX_ERRORS lines. On any
+ * Every problem is collected (up to SG__CFG_MAX_ERRORS, then counted), sorted by position and
+ * written to the caller's error buffer as whole "file:line:col: key: message" lines (line and
+ * column 1-based, from libyaml marks; lines that do not fit are dropped, never cut). On any
  * error the partly filled struct is freed and zeroed, so callers never see half a config.
  */
 #include "config/schema.h"
@@ -38,12 +39,21 @@
 #define SG__CFG_MAX_FIELDS 64              /* per table; checked by the unit test via the walk */
 #define SG__CFG_PATH 256
 
+typedef struct {
+    size_t line, column;
+    int seq;
+    char *text; /* the whole line, with its newline */
+} cfg_msg_t;
+
 struct sg__cfg_ctx {
     const char *file;
     yaml_document_t *doc;
     char *err;
-    size_t errlen, errused;
+    size_t errlen;
     int nerr;
+    cfg_msg_t msgs[SG__CFG_MAX_ERRORS];
+    size_t nmsgs;
+    int quiet; /* > 0 inside a section that was not a mapping: no "missing key" cascade */
 };
 typedef sg__cfg_ctx_t ctx_t;
 
@@ -51,6 +61,7 @@ static void walk_section(ctx_t *c, const sg__field_t *fields, void *base, yaml_n
                          yaml_mark_t pos, const char *path);
 static void free_section(const sg__field_t *fields, void *base);
 static void print_section(FILE *f, const sg__field_t *fields, const void *base, int indent);
+static void flush_errors(ctx_t *c);
 
 /* ---- public ---------------------------------------------------------------------------------- */
 
@@ -68,6 +79,7 @@ static int load(const sg__field_t *root, void *out, size_t outsize, const char *
         err[0] = '\0';
     if (len > SG__CFG_MAX_INPUT) {
         sg__cfg_error(&c, start, "", "file too large (%zu bytes, max %d)", len, SG__CFG_MAX_INPUT);
+        flush_errors(&c);
         return SG_ETOOBIG;
     }
     if (!yaml_parser_initialize(&parser))
@@ -90,6 +102,7 @@ static int load(const sg__field_t *root, void *out, size_t outsize, const char *
         sg__cfg_error(&c, m, "", "syntax error: %s%s%s", parser.problem ? parser.problem : "?",
                       parser.context ? " " : "", parser.context ? parser.context : "");
         yaml_parser_delete(&parser);
+        flush_errors(&c);
         return SG_EINVAL;
     }
     yaml_node_t *rootn = yaml_document_get_root_node(&doc);
@@ -109,6 +122,7 @@ static int load(const sg__field_t *root, void *out, size_t outsize, const char *
     walk_section(&c, root, out, rootn, start, "");
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
+    flush_errors(&c);
     if (c.nerr == 0)
         return 0;
     free_section(root, out);
@@ -232,30 +246,55 @@ int sg_config_parse_size(const char *s, size_t *out)
 
 void sg__cfg_error(ctx_t *c, yaml_mark_t m, const char *path, const char *fmt, ...)
 {
-    char msg[512];
+    char body[400], line[512];
     va_list ap;
 
     c->nerr++;
-    if (!c->err || c->errlen == 0 || c->nerr > SG__CFG_MAX_ERRORS + 1)
+    if (!c->err || c->errlen == 0 || c->nmsgs >= SG__CFG_MAX_ERRORS)
         return;
-    if (c->nerr == SG__CFG_MAX_ERRORS + 1) {
-        snprintf(msg, sizeof(msg), "%s: too many errors, stopping here", c->file);
-    } else {
-        char body[400];
-        va_start(ap, fmt);
-        vsnprintf(body, sizeof(body), fmt, ap);
-        va_end(ap);
-        snprintf(msg, sizeof(msg), "%s:%zu:%zu: %s%s%s", c->file, (size_t)m.line + 1,
-                 (size_t)m.column + 1, path, path[0] ? ": " : "", body);
+    va_start(ap, fmt);
+    vsnprintf(body, sizeof(body), fmt, ap);
+    va_end(ap);
+    snprintf(line, sizeof(line), "%s:%zu:%zu: %s%s%s\n", c->file, (size_t)m.line + 1,
+             (size_t)m.column + 1, path, path[0] ? ": " : "", body);
+    cfg_msg_t *msg = &c->msgs[c->nmsgs];
+    if (!(msg->text = strdup(line)))
+        return;
+    msg->line = m.line;
+    msg->column = m.column;
+    msg->seq = c->nerr;
+    c->nmsgs++;
+}
+
+static int msg_cmp(const void *a, const void *b)
+{
+    const cfg_msg_t *x = a, *y = b;
+    if (x->line != y->line)
+        return x->line < y->line ? -1 : 1;
+    if (x->column != y->column)
+        return x->column < y->column ? -1 : 1;
+    return x->seq - y->seq;
+}
+
+/* Writes the collected messages in file order, whole lines only, into the caller's buffer. */
+static void flush_errors(ctx_t *c)
+{
+    size_t used = 0;
+    qsort(c->msgs, c->nmsgs, sizeof(c->msgs[0]), msg_cmp);
+    for (size_t i = 0; i < c->nmsgs; i++) {
+        size_t n = strlen(c->msgs[i].text);
+        if (used + n < c->errlen) {
+            memcpy(c->err + used, c->msgs[i].text, n + 1);
+            used += n;
+        } else {
+            used = c->errlen; /* stop at the first line that does not fit */
+        }
+        free(c->msgs[i].text);
     }
-    if (c->errused + 1 >= c->errlen)
-        return;
-    int n = snprintf(c->err + c->errused, c->errlen - c->errused, "%s\n", msg);
-    if (n < 0)
-        return;
-    c->errused += (size_t)n;
-    if (c->errused >= c->errlen)
-        c->errused = c->errlen - 1; /* truncated: keep it NUL-terminated, stop appending */
+    if (c->err && c->nerr > (int)c->nmsgs && used + 1 < c->errlen)
+        snprintf(c->err + used, c->errlen - used, "%s: %d more errors not shown\n", c->file,
+                 c->nerr - (int)c->nmsgs);
+    c->nmsgs = 0;
 }
 
 /* Copies s for quoting in a message: at most 40 bytes, non-printables as '?'. */
@@ -283,7 +322,6 @@ int sg__cfg_read_file(const char *path, size_t max, char **out, size_t *outlen)
     /* O_NONBLOCK: a FIFO given as a secret file must not hang start-up */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 
-    errno = 0;
     if (fd < 0)
         return SG_EIO;
     if (fstat(fd, &st) != 0)
@@ -839,9 +877,17 @@ static const sg__field_t *lookup(const sg__field_t *fields, const char *key, siz
 
 static void suggest(const sg__field_t *fields, const char *key, char *out, size_t cap)
 {
-    size_t best = 3;
+    size_t best = 3, kl = strlen(key);
     char cand[80];
     out[0] = '\0';
+    if (kl > 5 && strcmp(key + kl - 5, "_file") == 0) {
+        for (const sg__field_t *fd = fields; fd->name; fd++) {
+            if (strlen(fd->name) == kl - 5 && strncmp(fd->name, key, kl - 5) == 0) {
+                snprintf(out, cap, " ('%s' is not a secret: give its value directly)", fd->name);
+                return;
+            }
+        }
+    }
     for (const sg__field_t *fd = fields; fd->name; fd++) {
         for (int v = 0; v < 2; v++) {
             if (v == 1 && !(fd->flags & SG__F_SECRET))
@@ -891,6 +937,7 @@ static void walk_section(ctx_t *c, const sg__field_t *fields, void *base, yaml_n
                       "expected a mapping, got %s", node_kind(map));
         map = NULL;
         typed_ok = false; /* a "missing key" cascade would only add noise */
+        c->quiet++;
     }
     if (map) {
         pos = map->start_mark;
@@ -950,7 +997,7 @@ static void walk_section(ctx_t *c, const sg__field_t *fields, void *base, yaml_n
         case SG__T_STRLIST:
             if (v)
                 walk_list(c, fd, base, v, fpath);
-            else if (typed_ok && fd->min > 0)
+            else if (!c->quiet && fd->min > 0)
                 sg__cfg_error(c, pos, fpath, "missing required key (at least %zu entr%s)",
                               (size_t)fd->min, fd->min == 1 ? "y" : "ies");
             continue;
@@ -967,10 +1014,12 @@ static void walk_section(ctx_t *c, const sg__field_t *fields, void *base, yaml_n
             yaml_mark_t none = {0};
             /* the table's own defaults: a failure here is a schema bug the unit tests catch */
             set_scalar(c, fd, base, fd->def, none, fpath);
-        } else if (typed_ok && (fd->flags & SG__F_REQUIRED)) {
+        } else if (!c->quiet && (fd->flags & SG__F_REQUIRED)) {
             sg__cfg_error(c, pos, fpath, "missing required key");
         }
     }
+    if (!typed_ok)
+        c->quiet--;
     /* the table's terminator carries the section's cross-field checks */
     const sg__field_t *end = fields;
     while (end->name)
