@@ -415,8 +415,15 @@ static char *substitute(ctx_t *c, const yaml_node_t *n, const char *path)
     bool exact = n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
                  n->start_mark.line == n->end_mark.line;
 
-    if (!buf_add(&out, &len, &cap, "", 0))
+    if (memchr(s, '\0', slen)) {
+        /* "\0" escapes would silently cut every C string downstream */
+        sg__cfg_error(c, n->start_mark, path, "value contains a NUL character");
         return NULL;
+    }
+    if (!buf_add(&out, &len, &cap, "", 0)) {
+        sg__cfg_error(c, n->start_mark, path, "out of memory");
+        return NULL;
+    }
     for (size_t i = 0; i < slen;) {
         yaml_mark_t m = n->start_mark;
         if (exact)

@@ -264,6 +264,8 @@ static void test_config_wrong_type(void **state)
              "t.yaml:5:11: postgres: expected a mapping, got a scalar\n"
              "t.yaml:6:13: node_token: expected a string, got a list\n");
     gw_fails("- a\n- b\n", "t.yaml:1:1: (top level): expected a mapping, got a list\n");
+    nd_fails(ND_MIN "runtime_path: \"/usr/bin/runc\\0evil\"\n",
+             "n.yaml:4:15: runtime_path: value contains a NUL character\n");
 }
 
 static void test_config_out_of_range(void **state)
