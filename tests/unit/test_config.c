@@ -424,6 +424,15 @@ static void test_config_error_buffer_truncated(void **state)
                                                    sizeof(small)),
                      SG_EINVAL);
     assert_string_equal(small, "t.yaml:1:1: a: unknown key\n"); /* whole lines only */
+    /* more than 50 problems: 50 lines, then a count of the rest */
+    char many[2048] = "";
+    for (int i = 0; i < 60; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "k%d: 1\n", i);
+    assert_int_equal(sg_config_load_gateway_buffer("t.yaml", many, strlen(many), &g, err,
+                                                   sizeof(err)),
+                     SG_EINVAL);
+    assert_non_null(strstr(err, "t.yaml:50:1: k49: unknown key\n"
+                                "t.yaml: 15 more errors not shown\n"));
     /* and no buffer at all is fine too */
     assert_int_equal(sg_config_load_gateway_buffer("t.yaml", text, strlen(text), &g, NULL, 0),
                      SG_EINVAL);
