@@ -754,8 +754,9 @@ static void walk_list(ctx_t *c, const sg__field_t *fd, void *base, yaml_node_t *
         return;
     }
     size_t nitems = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
-    if (fd->type == SG__T_STRLIST && nitems > 0 && nitems <= fd->max_items) {
-        char **arr = calloc(nitems, sizeof(char *));
+    if (fd->type == SG__T_STRLIST && nitems > 0) {
+        /* entries past the cap are reported, never stored */
+        char **arr = calloc(nitems < fd->max_items ? nitems : fd->max_items, sizeof(char *));
         if (!arr) {
             sg__cfg_error(c, n->start_mark, path, "out of memory");
             return;

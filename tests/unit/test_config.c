@@ -368,6 +368,14 @@ static void test_config_too_many_entries(void **state)
         strcat(ntext, line);
     }
     nd_fails(ntext, "n.yaml:37:3: labels.k32: too many entries (max 32)\n");
+
+    strcpy(ntext, ND_MIN "protected_addresses:\n");
+    for (int i = 0; i < 65; i++) {
+        char line[64];
+        snprintf(line, sizeof(line), "  - 10.0.%d.0/24\n", i);
+        strcat(ntext, line);
+    }
+    nd_fails(ntext, "n.yaml:69:5: protected_addresses[64]: too many entries (max 64)\n");
 }
 
 static void test_config_validation(void **state)
