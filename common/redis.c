@@ -99,11 +99,16 @@ static void on_internal_reply(redisAsyncContext *ac, void *reply, void *priv)
         sg_log(SG_LOG_ERROR, "redis setup command failed", SG_LS("error", rep->str));
 }
 
+static void on_retry(uv_timer_t *t)
+{
+    connect_now(t->data);
+}
+
 static void schedule_retry(sg_redis_t *r)
 {
     if (r->closing)
         return;
-    uv_timer_start(&r->retry, (uv_timer_cb)connect_now, (uint64_t)r->backoff_ms, 0);
+    uv_timer_start(&r->retry, on_retry, (uint64_t)r->backoff_ms, 0);
     r->backoff_ms = r->backoff_ms * 2 > 2000 ? 2000 : r->backoff_ms * 2;
 }
 

@@ -11,6 +11,9 @@
 #include <sys/time.h>
 #include "gateway/internal.h"
 
+/* h2o alone accepts about 400 KB of request head; nobody legitimate sends more than this. */
+#define SG_MAX_HEADER_BYTES 32768
+
 #define ENV_RID "sg-rid"
 #define ENV_ROUTE "sg-route"
 #define ENV_TEAM "sg-team"
@@ -72,6 +75,14 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     env_set(req, ENV_RID, rid, 16);
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, rid, 16);
     w->inflight++;
+
+    size_t hbytes = req->path.len + req->authority.len;
+    for (size_t i = 0; i < req->headers.size; i++)
+        hbytes += req->headers.entries[i].name->len + req->headers.entries[i].value.len;
+    if (hbytes > SG_MAX_HEADER_BYTES) {
+        sg_http_error(req, 431, "Request headers too large");
+        return 0;
+    }
 
     if (h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/health"))) {
         sg_gateway_note_route(req, -2);

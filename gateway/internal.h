@@ -72,7 +72,7 @@ struct sg_worker {
     size_t nlisteners;
     uv_async_t wake;
     uv_timer_t drain;
-    long long drain_deadline_ms;
+    long long drain_deadline_ms, quiet_since_ms;
     sg_pg_t *pg;
     sg_redis_t *redis;
     sg_auth_t *auth;

@@ -168,7 +168,13 @@ static int bind_listener(sg_worker_t *w, size_t i, char *err, size_t errlen)
 static void on_drain_tick(uv_timer_t *t)
 {
     sg_worker_t *w = t->data;
-    if (w->inflight <= 0 || sg_now_ms() >= w->drain_deadline_ms) {
+    /* Done when no request has been in the handlers for a second: h2o 2.2.5 keeps idle HTTP/1
+     * keep-alive connections open after request_shutdown, so open connections cannot be the
+     * test; the quiet second lets requests whose bodies are still arriving reach a handler. */
+    long long now = sg_now_ms();
+    if (w->inflight > 0 || !h2o_linklist_is_empty(&w->ctx.http2._conns))
+        w->quiet_since_ms = now;
+    if (now - w->quiet_since_ms >= 1000 || now >= w->drain_deadline_ms) {
         if (w->inflight > 0)
             sg_log(SG_LOG_WARN, "shutdown: drain bound reached", SG_LI("worker", w->index),
                    SG_LI("inflight", w->inflight));
@@ -186,6 +192,7 @@ static void on_wake(uv_async_t *a)
         uv_close((uv_handle_t *)&w->listeners[i], NULL);
     h2o_context_request_shutdown(&w->ctx);
     w->drain_deadline_ms = sg_now_ms() + DRAIN_MS;
+    w->quiet_since_ms = sg_now_ms();
     uv_timer_init(&w->loop, &w->drain);
     w->drain.data = w;
     uv_timer_start(&w->drain, on_drain_tick, 0, 20);

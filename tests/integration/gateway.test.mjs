@@ -155,9 +155,20 @@ test('bad input: unknown route 404 JSON, wrong method 405, oversized body 413', 
   const key = createKey(s.config, 'eta');
   r = await fetch(`${s.gw.url}/teams/me`, { method: 'GET', headers: { 'x-api-key': key } });
   assert.equal(r.status, 200);
-  // a header line beyond h2o's limits is refused by the HTTP layer, never a crash
-  r = await fetch(`${s.gw.url}/teams/me`, { headers: { 'x-api-key': key, 'x-big': 'a'.repeat(100000) } }).catch((e) => e);
+  r = await fetch(`${s.gw.url}/teams/me`, { headers: { 'x-api-key': key, 'x-big': 'a'.repeat(40000) } });
+  assert.equal(r.status, 431);
+  assert.equal((await r.json()).code, 431);
+  // beyond h2o's own request-head limit: refused by the HTTP layer, never a crash
+  r = await fetch(`${s.gw.url}/teams/me`, { headers: { 'x-api-key': key, 'x-big': 'a'.repeat(500000) } }).catch((e) => e);
   assert.ok(r instanceof Error || r.status >= 400);
+  r = await fetch(`${s.gw.url}/teams/me`, { method: 'POST', headers: { 'x-api-key': key }, body: '{' });
+  assert.equal(r.status, 405);
+  // malformed request line: h2o answers 400 and the gateway lives on
+  const raw = await new Promise((resolve) => {
+    const c = net.connect(s.gw.port, '127.0.0.1', () => c.write('GET /\x01 HTTP/9\r\n\r\n'));
+    let d = ''; c.on('data', (x) => { d += x; }); c.on('close', () => resolve(d)); c.on('error', () => resolve(d));
+  });
+  assert.ok(raw === '' || /^HTTP\/1\.1 4\d\d/.test(raw), raw);
   assert.equal((await fetch(`${s.gw.url}/health`)).status, 200, 'still alive');
 });
 
@@ -174,10 +185,25 @@ test('config check: precise errors and masked effective config', async () => {
   assert.ok(!ok.stdout.includes('test-node-token-0123456789'));
 });
 
-test('SIGTERM: in-flight requests finish, then the gateway exits 0', async () => {
+test('SIGTERM: a request in flight finishes, then the gateway exits 0', async () => {
   const gw2 = await startGateway({ pg: s.pg, redis: s.redis, name: 'gw2' });
-  const inflight = fetch(`${gw2.url}/health`);
-  const exit = await gw2.stop('SIGTERM');
-  assert.equal((await inflight).status, 200);
+  // A request whose body is still arriving when SIGTERM comes.
+  const sock = net.connect(gw2.port, '127.0.0.1');
+  await new Promise((r) => sock.on('connect', r));
+  sock.write('POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345');
+  let reply = '';
+  sock.on('data', (d) => { reply += d; });
+  await sleep(200);
+  const exiting = gw2.stop('SIGTERM');
+  await sleep(300);
+  const refused = await new Promise((resolve) => {
+    const c = net.connect(gw2.port, '127.0.0.1');
+    c.on('connect', () => { c.destroy(); resolve(false); });
+    c.on('error', () => resolve(true));
+  });
+  assert.equal(refused, true, 'no new connections after SIGTERM');
+  sock.write('67890');
+  const exit = await exiting;
+  assert.match(reply, /^HTTP\/1\.1 200/);
   assert.equal(exit.code, 0);
 });

@@ -96,7 +96,7 @@ export async function startPostgres() {
         { log: path.join(dir, 'postgres.log'), uid: ids.uid, gid: ids.gid });
       await waitFor(() => tcpOpen(port), { what: 'postgres' });
       await waitFor(() => {
-        try { execFileSync(pgBin('pg_isready'), ['-h', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' }); return true; }
+        try { execFileSync(pgBin('pg_isready'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'sandgate'], { stdio: 'ignore' }); return true; }
         catch { return false; }
       }, { what: 'postgres ready' });
     },
