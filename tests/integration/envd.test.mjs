@@ -1,0 +1,236 @@
+// envd driven by the official e2b SDK (2.51.0), unchanged: envd runs as PID 1 of a throw-away
+// sandbox made from the base template (see lib/envd-harness.mjs); an API test double answers the
+// SDK's create/connect calls and points it at that envd via sandboxUrl.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import {
+  Sandbox, CommandExitError, FileNotFoundError, AuthenticationError, FilesystemEventType,
+} from 'e2b';
+import { startEnvd, startApiDouble, envdVersion, testApiKey } from './lib/envd-harness.mjs';
+
+describe('envd with the e2b SDK', () => {
+  let envd, api, sbx;
+  const opts = () => ({ apiKey: testApiKey, apiUrl: api.url, sandboxUrl: envd.url });
+
+  before(async () => {
+    envd = await startEnvd({ env: { FOO: 'from-create', SANDGATE_SECRET: 'hidden' } });
+    api = await startApiDouble({ envdVersion: envdVersion(), envdAccessToken: envd.token });
+    sbx = await Sandbox.create('base', { ...opts(), secure: true });
+  });
+  after(async () => {
+    await api?.close();
+    await envd?.stop();
+  });
+
+  describe('commands', () => {
+    it('captures stdout and stderr separately', async () => {
+      const r = await sbx.commands.run('echo hello; echo oops >&2');
+      assert.equal(r.exitCode, 0);
+      assert.equal(r.stdout, 'hello\n');
+      assert.equal(r.stderr, 'oops\n');
+    });
+
+    it('turns a non-zero exit into CommandExitError with the code', async () => {
+      await assert.rejects(sbx.commands.run('echo partial; exit 3'), (e) => {
+        assert.ok(e instanceof CommandExitError, String(e));
+        assert.equal(e.exitCode, 3);
+        assert.equal(e.stdout, 'partial\n');
+        return true;
+      });
+    });
+
+    it('passes envd environment (minus SANDGATE_*) and per-command envs', async () => {
+      const r = await sbx.commands.run('echo "$FOO|$SANDGATE_SECRET|$MINE|$HOME|$USER"', { envs: { MINE: 'x y' } });
+      assert.equal(r.stdout, 'from-create||x y|/home/user|user\n');
+    });
+
+    it('runs in the home folder by default and in cwd when given', async () => {
+      assert.equal((await sbx.commands.run('pwd')).stdout, '/home/user\n');
+      assert.equal((await sbx.commands.run('pwd', { cwd: '/tmp' })).stdout, '/tmp\n');
+      assert.equal((await sbx.commands.run('pwd', { cwd: 'sub/..' })).stdout, '/home/user\n');
+    });
+
+    it('runs as user by default and as root on request, umask 022', async () => {
+      assert.equal((await sbx.commands.run('id -un; id -u; umask')).stdout, 'user\n1000\n0022\n');
+      assert.equal((await sbx.commands.run('id -un; id -u', { user: 'root' })).stdout, 'root\n0\n');
+      // the user cannot read root's home
+      await assert.rejects(sbx.commands.run('ls /root'), CommandExitError);
+    });
+
+    it('keeps a background process running, lists it, and kills it', async () => {
+      const h = await sbx.commands.run('sleep 60', { background: true });
+      assert.ok(h.pid > 1);
+      const listed = await sbx.commands.list();
+      assert.ok(listed.some((p) => p.pid === h.pid && p.args.includes('sleep 60')), JSON.stringify(listed));
+      assert.equal(await h.kill(), true);
+      await assert.rejects(h.wait(), (e) => e instanceof CommandExitError && e.exitCode !== 0);
+      const after = await sbx.commands.list();
+      assert.ok(!after.some((p) => p.pid === h.pid));
+    });
+
+    it('streams output through callbacks while the process runs', async () => {
+      const seen = [];
+      const r = await sbx.commands.run('for i in 1 2 3; do echo line$i; sleep 0.05; done', {
+        onStdout: (d) => seen.push(d),
+      });
+      assert.equal(r.stdout, 'line1\nline2\nline3\n');
+      assert.equal(seen.join(''), r.stdout);
+    });
+
+    it('takes stdin and closes it', async () => {
+      const h = await sbx.commands.run('cat; echo done', { background: true, stdin: true });
+      await sbx.commands.sendStdin(h.pid, 'abc\n');
+      await sbx.commands.sendStdin(h.pid, 'def\n');
+      await sbx.commands.closeStdin(h.pid);
+      const r = await h.wait();
+      assert.equal(r.stdout, 'abc\ndef\ndone\n');
+    });
+
+    it('reconnects to a running process', async () => {
+      const h = await sbx.commands.run('sleep 0.3; echo late', { background: true });
+      const again = await sbx.commands.connect(h.pid);
+      const r = await again.wait();
+      assert.equal(r.stdout, 'late\n');
+    });
+
+    it('reports a missing cwd as an error', async () => {
+      await assert.rejects(sbx.commands.run('true', { cwd: '/does/not/exist' }));
+    });
+  });
+
+  describe('pty', () => {
+    it('runs an interactive shell in a real terminal, resizes it, and ends on exit', async () => {
+      let out = '';
+      const dec = new TextDecoder();
+      const h = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => { out += dec.decode(d); } });
+      await sbx.pty.sendInput(h.pid, new TextEncoder().encode('tty; stty size; echo $((6*7))\n'));
+      // resize only once the first command ran, so it saw the initial size
+      const deadline = Date.now() + 5000;
+      while (!/^42\r?$/m.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      await sbx.pty.resize(h.pid, { cols: 100, rows: 30 });
+      await sbx.pty.sendInput(h.pid, new TextEncoder().encode('stty size; exit\n'));
+      const r = await h.wait();
+      assert.equal(r.exitCode, 0);
+      assert.match(out, /\/dev\/pts\/\d+/);
+      assert.match(out, /24 80/);
+      assert.match(out, /42/);
+      assert.match(out, /30 100/);
+    });
+  });
+
+  describe('files', () => {
+    it('writes and reads text', async () => {
+      const info = await sbx.files.write('notes/hello.txt', 'hello world\n');
+      assert.equal(info.path, '/home/user/notes/hello.txt');
+      assert.equal(await sbx.files.read('/home/user/notes/hello.txt'), 'hello world\n');
+      const st = await sbx.files.getInfo('notes/hello.txt');
+      assert.equal(st.type, 'file');
+      assert.equal(st.size, 12);
+      assert.equal(st.owner, 'user');
+      assert.equal(st.permissions, '-rw-r--r--');
+      // overwrite is atomic and complete
+      await sbx.files.write('notes/hello.txt', 'v2');
+      assert.equal(await sbx.files.read('notes/hello.txt'), 'v2');
+    });
+
+    it('round-trips 5 MB of binary data', async () => {
+      const data = randomBytes(5 * 1024 * 1024);
+      await sbx.files.write('/tmp/blob.bin', data.buffer.slice(data.byteOffset, data.byteOffset + data.length));
+      const back = await sbx.files.read('/tmp/blob.bin', { format: 'bytes' });
+      assert.equal(back.length, data.length);
+      assert.ok(Buffer.from(back).equals(data));
+      const sum = await sbx.commands.run('sha256sum /tmp/blob.bin | cut -d" " -f1');
+      const { createHash } = await import('node:crypto');
+      assert.equal(sum.stdout.trim(), createHash('sha256').update(data).digest('hex'));
+    });
+
+    it('writes a gzip-encoded octet-stream upload', async () => {
+      await sbx.files.write('gz/a.txt', 'compressed body', { gzip: true });
+      assert.equal(await sbx.files.read('gz/a.txt'), 'compressed body');
+    });
+
+    it('writes several files in one request', async () => {
+      const res = await sbx.files.write([
+        { path: '/tmp/multi/a.txt', data: 'A' },
+        { path: '/tmp/multi/b.txt', data: 'B' },
+        { path: 'multi/c.txt', data: 'C' },
+      ]);
+      assert.deepEqual(res.map((f) => f.path).sort(), ['/home/user/multi/c.txt', '/tmp/multi/a.txt', '/tmp/multi/b.txt']);
+      assert.equal(await sbx.files.read('/tmp/multi/b.txt'), 'B');
+      assert.equal(await sbx.files.read('multi/c.txt'), 'C');
+    });
+
+    it('lists, makes folders, renames and removes', async () => {
+      assert.equal(await sbx.files.makeDir('tree/sub'), true);
+      assert.equal(await sbx.files.makeDir('tree/sub'), false);
+      await sbx.files.write('tree/sub/x.txt', 'x');
+      await sbx.files.write('tree/top.txt', 'top');
+      const l1 = await sbx.files.list('tree');
+      assert.deepEqual(l1.map((e) => `${e.name}:${e.type}`).sort(), ['sub:dir', 'top.txt:file']);
+      const l2 = await sbx.files.list('tree', { depth: 2 });
+      assert.ok(l2.some((e) => e.path === '/home/user/tree/sub/x.txt'));
+      const moved = await sbx.files.rename('tree/top.txt', 'tree/sub/moved.txt');
+      assert.equal(moved.path, '/home/user/tree/sub/moved.txt');
+      assert.equal(await sbx.files.exists('tree/top.txt'), false);
+      assert.equal(await sbx.files.exists('tree/sub/moved.txt'), true);
+      await sbx.files.remove('tree');
+      assert.equal(await sbx.files.exists('tree'), false);
+    });
+
+    it('raises FileNotFoundError for a missing file', async () => {
+      await assert.rejects(sbx.files.read('/nope/missing.txt'), FileNotFoundError);
+      await assert.rejects(sbx.files.getInfo('/nope/missing.txt'), FileNotFoundError);
+      await assert.rejects(sbx.files.list('/nope'), FileNotFoundError);
+    });
+
+    it('writes as root where the user may not, and refuses the user there', async () => {
+      const info = await sbx.files.write('/root/secret.txt', 's3cret', { user: 'root' });
+      assert.equal(info.path, '/root/secret.txt');
+      assert.equal(await sbx.files.read('/root/secret.txt', { user: 'root' }), 's3cret');
+      assert.equal((await sbx.files.getInfo('/root/secret.txt', { user: 'root' })).owner, 'root');
+      await assert.rejects(sbx.files.read('/root/secret.txt'));
+      await assert.rejects(sbx.files.write('/root/other.txt', 'x'));
+      // a relative path is taken from the chosen user's home
+      assert.equal((await sbx.files.write('rel.txt', 'r', { user: 'root' })).path, '/root/rel.txt');
+    });
+
+    it('watches a folder for changes', async () => {
+      await sbx.files.makeDir('watched');
+      const events = [];
+      const handle = await sbx.files.watchDir('watched', (e) => events.push(e), { recursive: true });
+      await sbx.files.write('watched/new.txt', 'n');
+      await sbx.files.makeDir('watched/inner');
+      await new Promise((r) => setTimeout(r, 100));
+      await sbx.files.write('watched/inner/deep.txt', 'd');
+      await sbx.files.remove('watched/new.txt');
+      const deadline = Date.now() + 5000;
+      while (Date.now() < deadline && !events.some((e) => e.name === 'new.txt' && e.type === FilesystemEventType.REMOVE)) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await handle.stop();
+      const kinds = events.map((e) => `${e.name}:${e.type}`);
+      assert.ok(kinds.includes(`new.txt:${FilesystemEventType.CREATE}`), kinds.join(','));
+      assert.ok(kinds.includes(`inner/deep.txt:${FilesystemEventType.CREATE}`), kinds.join(','));
+      assert.ok(kinds.includes(`new.txt:${FilesystemEventType.REMOVE}`), kinds.join(','));
+    });
+  });
+
+  describe('access token', () => {
+    it('refuses a wrong access token with 401', async () => {
+      const badApi = await startApiDouble({ envdVersion: envdVersion(), envdAccessToken: 'wrong-token' });
+      try {
+        const bad = await Sandbox.connect('sbx-envd-test', { apiKey: testApiKey, apiUrl: badApi.url, sandboxUrl: envd.url });
+        await assert.rejects(bad.commands.run('true'), AuthenticationError);
+        await assert.rejects(bad.files.read('/etc/hostname'), AuthenticationError);
+        await assert.rejects(bad.files.list('/'), AuthenticationError);
+      } finally {
+        await badApi.close();
+      }
+      const raw = await fetch(`${envd.url}/files?path=/etc/hostname`);
+      assert.equal(raw.status, 401);
+      assert.equal((await raw.json()).code, 401);
+      assert.equal((await fetch(`${envd.url}/health`)).status, 204);
+    });
+  });
+});
