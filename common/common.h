@@ -110,6 +110,57 @@ uint64_t sg_mono_ns(void);
 /* RFC 3339 UTC with milliseconds ("2026-11-26T04:50:00.123Z") into out (>= 25 bytes). */
 void sg_format_rfc3339(long long ms, char *out, size_t cap);
 
+/* ---- Redis (async, libuv) -------------------------------------------------------------------- */
+
+struct redisReply;
+struct uv_loop_s;
+typedef struct sg_redis sg_redis_t;
+typedef struct sg_redis_cmd sg_redis_cmd_t;
+/* reply is NULL when not connected, timed out or the connection was lost; an error reply
+ * (type REDIS_REPLY_ERROR) is passed through. The reply is freed by hiredis after the callback. */
+typedef void (*sg_redis_cb)(sg_redis_t *r, struct redisReply *reply, void *data);
+
+/* Creates a client on loop (loop thread only from here on). address is "host:port" or
+ * "unix:/path"; password may be NULL. Connects in the background, reconnects with backoff and
+ * sends AUTH/SELECT on every connect. Returns NULL on allocation failure. */
+sg_redis_t *sg_redis_new(struct uv_loop_s *loop, const char *address, const char *password, int db,
+                         int timeout_ms);
+/* Closes the client; callbacks of pending commands never run. Memory is released once the loop
+ * has run the handles' close callbacks. */
+void sg_redis_free(sg_redis_t *r);
+bool sg_redis_connected(sg_redis_t *r);
+/* Sends one command. cb runs exactly once, never inside this call: with the reply, or NULL on not
+ * connected / timeout / connection lost. Returns NULL only on allocation failure (cb never runs).
+ * argvlen may be NULL for NUL-terminated arguments. */
+sg_redis_cmd_t *sg_redis_command(sg_redis_t *r, sg_redis_cb cb, void *data, int argc,
+                                 const char **argv, const size_t *argvlen);
+/* After this the command's callback never runs. Valid until the callback would have run. */
+void sg_redis_cancel(sg_redis_cmd_t *cmd);
+
+/* ---- PostgreSQL (async, libuv) ---------------------------------------------------------------- */
+
+#define SG_PG_MAX_PARAMS 16
+struct pg_result;
+typedef struct sg_pg sg_pg_t;
+typedef struct sg_pg_query sg_pg_query_t;
+/* res is NULL when no connection is up, on timeout or when the connection broke; otherwise the
+ * query's last result, which may be an error (check PQresultStatus). Cleared after the callback. */
+typedef void (*sg_pg_cb)(sg_pg_t *pg, struct pg_result *res, void *data);
+
+/* A pool of pool_size connections on loop (loop thread only). Connects in the background and
+ * reconnects with backoff. Returns NULL on allocation failure. */
+sg_pg_t *sg_pg_new(struct uv_loop_s *loop, const char *dsn, int pool_size, int timeout_ms);
+/* Closes every connection; callbacks of pending queries never run. */
+void sg_pg_free(sg_pg_t *pg);
+/* True when at least one connection is up. */
+bool sg_pg_up(sg_pg_t *pg);
+/* Queues a parameterised query (text parameters, copied). cb runs exactly once, never inside
+ * this call. Returns NULL (cb never runs) on allocation failure or more than SG_PG_MAX_PARAMS. */
+sg_pg_query_t *sg_pg_query(sg_pg_t *pg, const char *sql, int nparams, const char *const *params,
+                           sg_pg_cb cb, void *data);
+/* The query's callback will not run. Valid until the callback would have run. */
+void sg_pg_cancel(sg_pg_query_t *q);
+
 /* ---- HTTP (h2o) ------------------------------------------------------------------------------ */
 
 struct st_h2o_req_t;
