@@ -4,8 +4,9 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import {
-  Sandbox, CommandExitError, FileNotFoundError, AuthenticationError, FilesystemEventType,
+  Sandbox, CommandExitError, FileNotFoundError, AuthenticationError, FilesystemEventType, TimeoutError,
 } from 'e2b';
 import { startEnvd, startApiDouble, envdVersion, testApiKey } from './lib/envd-harness.mjs';
 
@@ -92,6 +93,19 @@ describe('envd with the e2b SDK', () => {
       const again = await sbx.commands.connect(h.pid);
       const r = await again.wait();
       assert.equal(r.stdout, 'late\n');
+    });
+
+    it('ends a stream past its timeout with TimeoutError', async () => {
+      await assert.rejects(sbx.commands.run('sleep 5', { timeoutMs: 300 }), TimeoutError);
+    });
+
+    it('reaps orphans: no zombies left behind (envd is PID 1)', async () => {
+      // the subshell exits at once; its sleep child is orphaned to PID 1 and exits later
+      await sbx.commands.run('(sleep 0.2 &) ; (sleep 0.1 & exec true)');
+      assert.equal((await sbx.commands.run('echo $PPID; cat /proc/1/comm')).stdout.split('\n')[1], 'sandgate-envd');
+      await new Promise((r) => setTimeout(r, 600));
+      const ps = await sbx.commands.run("ps -eo stat=,pid=,comm= | awk '$1 ~ /^Z/'");
+      assert.equal(ps.stdout, '');
     });
 
     it('reports a missing cwd as an error', async () => {
@@ -217,6 +231,10 @@ describe('envd with the e2b SDK', () => {
   });
 
   describe('access token', () => {
+    it('unlinked the token file after reading it', async () => {
+      assert.equal(await sbx.files.exists('/run/sandgate/token', { user: 'root' }), false);
+    });
+
     it('refuses a wrong access token with 401', async () => {
       const badApi = await startApiDouble({ envdVersion: envdVersion(), envdAccessToken: 'wrong-token' });
       try {
@@ -232,5 +250,121 @@ describe('envd with the e2b SDK', () => {
       assert.equal((await raw.json()).code, 401);
       assert.equal((await fetch(`${envd.url}/health`)).status, 204);
     });
+  });
+});
+
+// Raw Connect / HTTP against an envd without a token (secure: false) and a 1 MB body limit.
+describe('envd wire details and limits', () => {
+  let envd;
+  before(async () => { envd = await startEnvd({ token: null, args: ['--max-body-mb', '1'] }); });
+  after(async () => { await envd?.stop(); });
+
+  const envelope = (msg, flags = 0) => {
+    const body = Buffer.from(JSON.stringify(msg));
+    const h = Buffer.alloc(5);
+    h[0] = flags;
+    h.writeUInt32BE(body.length, 1);
+    return Buffer.concat([h, body]);
+  };
+  const frames = (buf) => {
+    const out = [];
+    for (let o = 0; o + 5 <= buf.length;) {
+      const n = buf.readUInt32BE(o + 1);
+      out.push({ flags: buf[o], msg: JSON.parse(buf.subarray(o + 5, o + 5 + n).toString()) });
+      o += 5 + n;
+    }
+    return out;
+  };
+  const startRaw = (cmd) => fetch(`${envd.url}/process.Process/Start`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/connect+json', 'connect-protocol-version': '1' },
+    body: envelope({ process: { cmd: '/bin/bash', args: ['-l', '-c', cmd] }, stdin: false }),
+  });
+
+  it('streams start, data, end, then the end-of-stream frame', async () => {
+    const res = await startRaw('printf abc; exit 7');
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('content-type'), 'application/connect+json');
+    const f = frames(Buffer.from(await res.arrayBuffer()));
+    assert.ok(f[0].msg.event.start.pid > 1);
+    assert.equal(f[1].msg.event.data.stdout, Buffer.from('abc').toString('base64'));
+    assert.deepEqual(f[f.length - 2].msg.event.end, { exitCode: 7, exited: true, status: 'exit status 7' });
+    assert.deepEqual(f[f.length - 1], { flags: 2, msg: {} });
+  });
+
+  it('answers bad requests with Connect errors, never a crash', async () => {
+    const bad = await fetch(`${envd.url}/process.Process/Start`, {
+      method: 'POST', headers: { 'content-type': 'application/connect+json' }, body: Buffer.from([0, 0, 0, 9, 9, 1]),
+    });
+    const f = frames(Buffer.from(await bad.arrayBuffer()));
+    assert.equal(f[0].flags, 2);
+    assert.equal(f[0].msg.error.code, 'invalid_argument');
+    const unary = await fetch(`${envd.url}/filesystem.Filesystem/Stat`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"path": 5',
+    });
+    assert.equal(unary.status, 400);
+    assert.equal((await unary.json()).code, 'invalid_argument');
+    const missing = await fetch(`${envd.url}/filesystem.Filesystem/Stat`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"path":"/nope"}',
+    });
+    assert.equal(missing.status, 404);
+    assert.equal((await missing.json()).code, 'not_found');
+    const user = await fetch(`${envd.url}/filesystem.Filesystem/Stat`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Basic ${Buffer.from('nobody-here:').toString('base64')}` },
+      body: '{"path":"/"}',
+    });
+    assert.equal(user.status, 401);
+    assert.equal((await fetch(`${envd.url}/health`)).status, 204);
+  });
+
+  it('refuses a body over the limit with 413 and writes nothing', async () => {
+    const res = await fetch(`${envd.url}/files?path=/tmp/big.bin`, {
+      method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: Buffer.alloc(2 << 20, 1),
+    });
+    assert.equal(res.status, 413);
+    const st = await fetch(`${envd.url}/files?path=/tmp/big.bin`);
+    assert.equal(st.status, 404);
+    assert.equal((await st.json()).code, 404);
+  });
+
+  it('never leaves a half file when an upload fails', async () => {
+    const { gzipSync } = await import('node:zlib');
+    const gz = gzipSync(Buffer.alloc(300000, 7));
+    const res = await fetch(`${envd.url}/files?path=/tmp/half/x.bin`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream', 'content-encoding': 'gzip' },
+      body: gz.subarray(0, gz.length - 20), // truncated gzip stream
+    });
+    assert.equal(res.status, 400);
+    assert.equal((await fetch(`${envd.url}/files?path=/tmp/half/x.bin`)).status, 404);
+    const ls = await fetch(`${envd.url}/filesystem.Filesystem/ListDir`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"path":"/tmp/half","depth":1}',
+    });
+    assert.deepEqual((await ls.json()).entries ?? [], []);
+  });
+
+  it('pauses a process that writes faster than the client reads (bounded memory)', async () => {
+    const { request } = await import('node:http');
+    const body = envelope({ process: { cmd: '/bin/bash', args: ['-c', 'head -c 300000000 /dev/zero'] }, stdin: false });
+    const req = request(`${envd.url}/process.Process/Start`, {
+      method: 'POST', headers: { 'content-type': 'application/connect+json', 'content-length': body.length },
+    });
+    const res = await new Promise((resolve, reject) => { req.on('response', resolve); req.on('error', reject); req.end(body); });
+    res.pause(); // read nothing: the kernel buffers fill, then envd must stop reading the pipe
+    await new Promise((r) => setTimeout(r, 1500));
+    const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${envd.hostPid()}/status`, 'utf8'))[1]) * 1024;
+    // 300 MB of output unread: envd may hold about a megabyte per stream, not the output
+    assert.ok(rss < 48 << 20, `envd RSS ${rss} bytes`);
+    const list = await fetch(`${envd.url}/process.Process/List`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}',
+    });
+    const procs = (await list.json()).processes;
+    assert.equal(procs.length, 1, 'the writer is still alive, blocked on its pipe');
+    await fetch(`${envd.url}/process.Process/SendSignal`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ process: { pid: procs[0].pid }, signal: 'SIGNAL_SIGKILL' }),
+    });
+    res.destroy();
   });
 });

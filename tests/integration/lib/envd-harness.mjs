@@ -63,7 +63,7 @@ export function envdVersion() {
 
 // Starts envd in a sandbox. opts.token: access token (null = not secure); opts.env: extra
 // variables of envd's environment (they become the default environment of processes).
-export async function startEnvd({ token = randomBytes(16).toString('hex'), env = {} } = {}) {
+export async function startEnvd({ token = randomBytes(16).toString('hex'), env = {}, args = [] } = {}) {
   const bundle = path.join(build, 'envd-bundle');
   if (!existsSync(path.join(bundle, 'sandgate-envd'))) throw new Error(`no envd bundle in ${bundle}: build first`);
   const rootfs = baseRootfs();
@@ -77,7 +77,7 @@ export async function startEnvd({ token = randomBytes(16).toString('hex'), env =
   const vars = Object.entries({ PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...env })
     .map(([k, v]) => `${k}=${v}`);
   const child = spawn('unshare', ['--mount', '--pid', '--fork', '--kill-child',
-    path.join(here, 'envd-sandbox.sh'), rootfs, bundle, scratch, String(port), tokenFile, ...vars],
+    path.join(here, 'envd-sandbox.sh'), rootfs, bundle, scratch, String(port), tokenFile, ...vars, '--', ...args],
   { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.on('data', (d) => { out += d; });
@@ -105,7 +105,9 @@ export async function startEnvd({ token = randomBytes(16).toString('hex'), env =
     await stop();
     throw e;
   }
-  return { url, port, token, scratch, stop, log: () => out, pid: child.pid };
+  // envd's pid as the host sees it (the only child of unshare)
+  const hostPid = () => childrenOf(child.pid)[0];
+  return { url, port, token, scratch, stop, log: () => out, hostPid };
 }
 
 // API test double: answers the E2B REST calls Sandbox.create / Sandbox.connect make, pointing

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Test helper: runs the envd bundle as PID 1 of a throw-away sandbox made from a template rootfs.
 #
-#   envd-sandbox.sh ROOTFS BUNDLE SCRATCH PORT TOKEN_FILE [VAR=VALUE ...]
+#   envd-sandbox.sh ROOTFS BUNDLE SCRATCH PORT TOKEN_FILE [VAR=VALUE ...] [-- ENVD_ARGS ...]
 #
 # Run it under `unshare --mount --pid --fork` (the caller does): the mounts below live in that
 # private mount namespace and vanish with it. The rootfs is never written: an overlay puts the
@@ -13,6 +13,9 @@ set -euo pipefail
 chroot_bin=$(command -v chroot)
 rootfs=$1 bundle=$2 scratch=$3 port=$4 token_file=$5
 shift 5
+vars=()
+while (($#)) && [[ $1 != -- ]]; do vars+=("$1"); shift; done
+(($#)) && shift
 m="$scratch/merged"
 mkdir -p "$scratch/upper" "$scratch/work" "$m"
 mount --make-rprivate /
@@ -34,7 +37,7 @@ mount -t tmpfs -o mode=1777 tmpfs "$m/dev/shm"
 if [[ $token_file != - ]]; then
   cp "$token_file" "$m/run/sandgate/token"
   chmod 0600 "$m/run/sandgate/token"
-  exec env -i "$@" "$chroot_bin" "$m" /opt/sandgate/sandgate-envd --listen 127.0.0.1 --port "$port" \
-    --token-file /run/sandgate/token
+  exec env -i "${vars[@]}" "$chroot_bin" "$m" /opt/sandgate/sandgate-envd --listen 127.0.0.1 \
+    --port "$port" --token-file /run/sandgate/token "$@"
 fi
-exec env -i "$@" "$chroot_bin" "$m" /opt/sandgate/sandgate-envd --listen 127.0.0.1 --port "$port"
+exec env -i "${vars[@]}" "$chroot_bin" "$m" /opt/sandgate/sandgate-envd --listen 127.0.0.1 --port "$port" "$@"
