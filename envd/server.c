@@ -476,6 +476,15 @@ static void handle_rpc(sg__server_t *srv, h2o_req_t *req, bool is_process, const
         sg__rpc_fail(req, streaming, SG_ENVD_UNAUTHENTICATED, "invalid access token");
         return;
     }
+    bool stream_method = (is_process && ((mlen == 5 && memcmp(method, "Start", 5) == 0) ||
+                                         (mlen == 7 && memcmp(method, "Connect", 7) == 0))) ||
+                         (!is_process && mlen == 8 && memcmp(method, "WatchDir", 8) == 0);
+    if (stream_method != streaming) {
+        sg__rpc_fail(req, false, SG_ENVD_INVALID_ARGUMENT,
+                     streaming ? "a unary method takes application/json"
+                               : "a streaming method takes application/connect+json");
+        return;
+    }
     const uint8_t *msg = (const uint8_t *)req->entity.base;
     size_t msglen = req->entity.base ? req->entity.len : 0;
     if (streaming) {
