@@ -237,7 +237,7 @@ static void rpc_remove(h2o_req_t *req, const sg__user_t *u, json_t *body)
     struct stat sb;
     int r = 0;
     if (lstat(path, &sb) != 0)
-        r = errno;
+        r = errno == ENOENT ? 0 : errno; /* E2B: removing what is not there succeeds */
     else if (S_ISDIR(sb.st_mode)) {
         walk_count = 0;
         r = nftw(path, rm_one, 32, FTW_DEPTH | FTW_PHYS);

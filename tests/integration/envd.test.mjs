@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import {
-  Sandbox, CommandExitError, FileNotFoundError, AuthenticationError, FilesystemEventType, TimeoutError,
+  Sandbox, CommandExitError, FileNotFoundError, NotFoundError, AuthenticationError, FilesystemEventType, TimeoutError,
 } from 'e2b';
 import { startEnvd, startApiDouble, envdVersion, testApiKey } from './lib/envd-harness.mjs';
 
@@ -196,6 +196,13 @@ describe('envd with the e2b SDK', () => {
       await assert.rejects(sbx.files.read('/nope/missing.txt'), FileNotFoundError);
       await assert.rejects(sbx.files.getInfo('/nope/missing.txt'), FileNotFoundError);
       await assert.rejects(sbx.files.list('/nope'), FileNotFoundError);
+      await assert.rejects(sbx.files.rename('/nope/a', '/tmp/b'), NotFoundError);
+      await sbx.files.remove('/nope/missing.txt'); // removing what is not there succeeds
+    });
+
+    it('reads an empty file as an empty string', async () => {
+      await sbx.commands.run('touch empty.txt');
+      assert.equal(await sbx.files.read('empty.txt'), '');
     });
 
     it('writes as root where the user may not, and refuses the user there', async () => {
