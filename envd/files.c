@@ -250,6 +250,7 @@ struct upload {
     int64_t offset;    /* output bytes written so far */
     size_t chunk_len;
     json_t *result;
+    const char *step;    /* what failed, for the error message */
     upload_token_t *tok; /* the request pool's back-pointer to this job, or NULL */
     char buf[FILES_CHUNK];
 };
@@ -271,8 +272,12 @@ static void upload_free(upload_t *up)
 
 static void upload_fail(upload_t *up, int err, const char *what, const char *path)
 {
-    if (up->req)
-        files_fail(up->req, err, what, path);
+    if (up->req) {
+        char msg[4400];
+        snprintf(msg, sizeof(msg), "%s '%s': %s", up->step ? up->step : what, path,
+                 strerror(err));
+        sg_http_error(up->req, file_status(err), msg);
+    }
     upload_free(up);
 }
 
@@ -294,11 +299,13 @@ static int upload_open(upload_t *up)
 {
     upload_file_t *f = &up->files[up->cur];
     sg__as_user(&up->user);
+    up->step = "cannot create the folders of";
     int r = sg__fs_mkdir_parents(f->path);
     struct stat sb;
     if (r == 0 && stat(f->path, &sb) == 0 && S_ISDIR(sb.st_mode))
         r = -EISDIR;
     if (r == 0) {
+        up->step = "cannot create a temporary file beside";
         const char *slash = strrchr(f->path, '/');
         snprintf(up->tmp, sizeof(up->tmp), "%.*s/.%s.sg-upload-XXXXXX",
                  (int)(slash - f->path), f->path, slash + 1);
@@ -311,6 +318,8 @@ static int upload_open(upload_t *up)
     sg__as_root();
     up->offset = 0;
     up->consumed = 0;
+    if (r == 0)
+        up->step = "cannot write";
     if (r == 0 && up->gzip) {
         memset(&up->z, 0, sizeof(up->z));
         if (inflateInit2(&up->z, 15 + 32) != Z_OK)
@@ -328,6 +337,7 @@ static int upload_commit(upload_t *up)
     if (close(up->fd) != 0)
         r = -errno;
     up->fd = -1;
+    up->step = "cannot rename the upload onto";
     if (r == 0 && rename(up->tmp, f->path) != 0)
         r = -errno;
     if (r != 0)

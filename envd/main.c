@@ -69,12 +69,6 @@ static void on_sigchld(uv_signal_t *h, int sig)
     sg__proc_reap(h->data);
 }
 
-static void walk_close(uv_handle_t *h, void *arg)
-{
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
 static void on_sigterm(uv_signal_t *h, int sig)
 {
     sg__server_t *srv = h->data;
@@ -167,10 +161,10 @@ int main(int argc, char **argv)
            SG_LS("version", SG_ENVD_VERSION), SG_LI("secure", srv.token != NULL));
     sg__proc_reap(&srv); /* children that exited before the handler was installed */
     uv_run(srv.loop, UV_RUN_DEFAULT);
-    /* give the killed processes a moment to be reaped, then close everything */
+    /* Exit without tearing the loop down: h2o owns connection handles it must close itself,
+     * and the kernel reclaims everything. Children were SIGKILLed; reap what already died
+     * (as PID 1, the namespace's end takes care of the rest). */
     sg__proc_reap(&srv);
-    uv_walk(srv.loop, walk_close, NULL);
-    uv_run(srv.loop, UV_RUN_NOWAIT);
     sg_log_msg(SG_LOG_INFO, "envd stopped");
     return 0;
 }

@@ -3,7 +3,7 @@
 // double that answers the SDK's create/connect calls so the official `e2b` SDK can be pointed
 // at that envd unchanged. Everything started here is stopped by the returned stop() functions.
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -57,6 +57,11 @@ async function waitHealthy(url, child, log) {
   throw new Error(`envd not healthy after 10 s: ${log()}`);
 }
 
+// True when the envd under test is an ASan build (its bundle carries libasan).
+export function sanitized() {
+  return readdirSync(path.join(build, 'envd-bundle', 'lib')).some((f) => f.startsWith('libasan'));
+}
+
 export function envdVersion() {
   return execFileSync(path.join(build, 'sandgate-envd'), ['--version']).toString().trim();
 }
@@ -86,15 +91,20 @@ export async function startEnvd({ token = randomBytes(16).toString('hex'), env =
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((r) => child.once('exit', r));
-      // SIGKILL envd itself (PID 1 of the sandbox: the whole PID namespace goes with it).
-      // unshare's --kill-child is not enough: envd switches its fsuid, and any credential
-      // change clears the parent-death signal.
-      for (const pid of childrenOf(child.pid)) {
-        try { process.kill(pid, 'SIGKILL'); } catch { /* gone already */ }
-      }
-      child.kill('SIGKILL');
+      // SIGTERM envd itself (PID 1 of the sandbox) for a clean exit, SIGKILL after 3 s; the
+      // whole PID namespace goes with it. unshare's --kill-child is not enough: envd switches
+      // its fsuid, and any credential change clears the parent-death signal.
+      const signal = (sig) => {
+        for (const pid of childrenOf(child.pid)) {
+          try { process.kill(pid, sig); } catch { /* gone already */ }
+        }
+      };
+      signal('SIGTERM');
+      const timer = setTimeout(() => { signal('SIGKILL'); child.kill('SIGKILL'); }, 3000);
       await exited;
+      clearTimeout(timer);
     }
+    if (process.env.SANDGATE_ENVD_LOG) appendFileSync(process.env.SANDGATE_ENVD_LOG, out);
     // the overlay was mounted in the namespace that just died; only plain folders remain
     spawnSync('umount', ['-l', path.join(scratch, 'merged')]);
     rmSync(scratch, { recursive: true, force: true });
