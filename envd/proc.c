@@ -51,7 +51,7 @@ struct sg__proc {
     uv_pipe_t in;
     bool in_open, in_closing;
     size_t in_queued;
-    bool exited, finished, paused;
+    bool exited, finished, paused, grace_started;
     int wstatus;
     uv_timer_t grace;
     int handles;
@@ -189,6 +189,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
+/* The Start request's connect-timeout-ms bounds the process itself, as in E2B: past it the
+ * process group is killed (the stream ends with deadline_exceeded on its own timer). */
+static void on_proc_deadline(uv_timer_t *t)
+{
+    sg__proc_t *p = t->data;
+    if (!p->exited && kill(-p->pid, SIGKILL) != 0)
+        kill(p->pid, SIGKILL);
+}
+
 static void on_grace(uv_timer_t *t)
 {
     sg__proc_t *p = t->data;
@@ -202,8 +211,10 @@ static void proc_maybe_finish(sg__proc_t *p)
     if (p->finished || !p->exited)
         return;
     if (p->out_open[0] || p->out_open[1]) {
-        if (!uv_is_active((uv_handle_t *)&p->grace))
+        if (!p->grace_started) { /* replaces a pending deadline: the process is gone */
+            p->grace_started = true;
             uv_timer_start(&p->grace, on_grace, PROC_EXIT_GRACE_MS, 0);
+        }
         return;
     }
     p->finished = true;
@@ -611,6 +622,13 @@ static void rpc_start(sg__server_t *srv, h2o_req_t *req, const sg__user_t *u, js
         sg__rpc_fail(req, streaming, code, err);
         return;
     }
+    size_t hl;
+    const char *h = sg_http_header(req, "connect-timeout-ms", &hl);
+    uint64_t ms = 0;
+    for (size_t i = 0; h && i < hl && i < 12 && h[i] >= '0' && h[i] <= '9'; i++)
+        ms = ms * 10 + (uint64_t)(h[i] - '0');
+    if (ms > 0) /* the grace timer is idle until exit: it serves as the deadline until then */
+        uv_timer_start(&p->grace, on_proc_deadline, ms, 0);
     sg__stream_t *st = sg__stream_open(srv, req, p, on_sub_detach, on_sub_drain, false);
     if (st != NULL)
         attach(p, st);

@@ -95,8 +95,14 @@ describe('envd with the e2b SDK', () => {
       assert.equal(r.stdout, 'late\n');
     });
 
-    it('ends a stream past its timeout with TimeoutError', async () => {
-      await assert.rejects(sbx.commands.run('sleep 5', { timeoutMs: 300 }), TimeoutError);
+    it('ends a command past its timeout with TimeoutError and kills it', async () => {
+      await assert.rejects(sbx.commands.run('sleep 7.5', { timeoutMs: 300 }), TimeoutError);
+      let left = true;
+      for (const end = Date.now() + 5000; left && Date.now() < end;) {
+        left = (await sbx.commands.list()).some((p) => p.args.includes('sleep 7.5'));
+        if (left) await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(left, false);
     });
 
     it('reaps orphans: no zombies left behind (envd is PID 1)', async () => {
