@@ -29,6 +29,7 @@ typedef struct {
     uv_tcp_t listener;
     char *token;              /* NULL: calls need no token (the sandbox is not secure) */
     size_t max_body;          /* bytes; larger request bodies get 413 */
+    uint64_t req_timeout_ms;  /* time to receive a whole request (h2o http1.req_timeout) */
     unsigned max_procs, nprocs;
     unsigned max_streams, nstreams;
     char **env;               /* default environment of started processes (NULL-terminated) */

@@ -24,7 +24,8 @@ extern char **environ;
 static void usage(FILE *out)
 {
     fprintf(out, "usage: sandgate-envd [--port 49983] [--token-file PATH] [--listen ADDR]\n"
-                 "                     [--max-body-mb 1024] [--max-procs 1024] [--max-streams 1024]\n"
+                 "                     [--max-body-mb 1024] [--request-timeout-s 600]\n"
+                 "                     [--max-procs 1024] [--max-streams 1024]\n"
                  "                     [--log-level info] [--version]\n");
 }
 
@@ -93,7 +94,7 @@ int main(int argc, char **argv)
 {
     static sg__server_t srv;
     const char *token_file = NULL, *host = "0.0.0.0";
-    unsigned long port = SG_ENVD_DEFAULT_PORT, max_body_mb = 1024, v;
+    unsigned long port = SG_ENVD_DEFAULT_PORT, max_body_mb = 1024, req_timeout_s = 600, v;
     sg_log_level_t level = SG_LOG_INFO;
     srv.max_procs = 1024;
     srv.max_streams = 1024;
@@ -116,6 +117,8 @@ int main(int argc, char **argv)
             host = val;
         } else if (strcmp(a, "--max-body-mb") == 0 && parse_uint(val, 1 << 20, &max_body_mb) &&
                    max_body_mb > 0) {
+        } else if (strcmp(a, "--request-timeout-s") == 0 &&
+                   parse_uint(val, 7 * 24 * 3600, &req_timeout_s) && req_timeout_s > 0) {
         } else if (strcmp(a, "--max-procs") == 0 && parse_uint(val, 1 << 20, &v) && v > 0) {
             srv.max_procs = (unsigned)v;
         } else if (strcmp(a, "--max-streams") == 0 && parse_uint(val, 1 << 20, &v) && v > 0) {
@@ -130,6 +133,7 @@ int main(int argc, char **argv)
     }
     sg_log_setup(level, SG_LOG_LOGFMT, stderr);
     srv.max_body = (size_t)max_body_mb << 20;
+    srv.req_timeout_ms = (uint64_t)req_timeout_s * 1000;
     if (token_file != NULL) {
         srv.token = read_token(token_file);
         if (srv.token == NULL) {

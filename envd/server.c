@@ -586,6 +586,9 @@ int sg__server_listen(sg__server_t *srv, const char *host, int port)
 {
     h2o_config_init(&srv->conf);
     srv->conf.max_request_entity_size = srv->max_body;
+    /* h2o's default (10 s) also bounds receiving the request body: an upload slower than that
+     * would be cut. It doubles as the keep-alive idle timeout. */
+    srv->conf.http1.req_timeout = srv->req_timeout_ms;
     h2o_hostconf_t *hc = h2o_config_register_host(&srv->conf,
                                                   h2o_iovec_init(H2O_STRLIT("default")), 65535);
     h2o_pathconf_t *pc = h2o_config_register_path(hc, "/", 0);
