@@ -239,7 +239,10 @@ sg__stream_t *sg__stream_open(sg__server_t *srv, h2o_req_t *req, void *owner,
     uv_timer_init(srv->loop, &st->deadline);
     st->keepalive.data = st->deadline.data = st;
     st->handles = 2;
-    long ping = header_long(req, "keepalive-ping-interval", 0, 3600);
+    /* h2o reads nothing from a connection while its response streams, so a vanished client
+     * is noticed only when envd next writes: a ping (the SDK asks for one every 50 s; that is
+     * also the default) bounds how long a stream can outlive its client. */
+    long ping = header_long(req, "keepalive-ping-interval", 50, 3600);
     if (ping > 0)
         uv_timer_start(&st->keepalive, on_keepalive, (uint64_t)ping * 1000, (uint64_t)ping * 1000);
     long deadline = header_long(req, "connect-timeout-ms", 0, 100L * 24 * 3600 * 1000);

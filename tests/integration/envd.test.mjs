@@ -367,6 +367,49 @@ describe('envd wire details and limits', () => {
     assert.deepEqual((await ls.json()).entries ?? [], []);
   });
 
+  it('survives clients vanishing mid-stream and mid-upload, leaving nothing behind', async () => {
+    const { request } = await import('node:http');
+    const { readdirSync, readlinkSync } = await import('node:fs');
+    const post = (p, body, headers, abort) => new Promise((resolve) => {
+      const req = request(`${envd.url}${p}`, { method: 'POST', headers: { ...headers, 'content-length': body.length } });
+      req.on('response', (res) => { res.resume(); res.on('end', resolve); res.on('error', resolve); });
+      req.on('error', resolve);
+      if (abort === 'body') { req.write(body.subarray(0, body.length >> 1)); setTimeout(() => req.destroy(), 30); return; }
+      if (abort) setTimeout(() => req.destroy(), abort);
+      req.end(body);
+    });
+    const jobs = [];
+    for (let i = 0; i < 10; i++) {
+      jobs.push(post('/process.Process/Start', envelope({ process: { cmd: '/bin/bash', args: ['-c', 'head -c 3000000 /dev/urandom | base64'] }, stdin: false }),
+        { 'content-type': 'application/connect+json' }, 20 + 10 * i));
+      jobs.push(post(`/files?path=/tmp/gone/${i}.bin`, Buffer.alloc(2 << 20, i), { 'content-type': 'application/octet-stream' }, 'body'));
+      // a vanished client is noticed at the next write: the ping (1 s here, 50 s from the SDK)
+      jobs.push(post('/filesystem.Filesystem/WatchDir', envelope({ path: '/tmp', recursive: true }),
+        { 'content-type': 'application/connect+json', 'keepalive-ping-interval': '1' }, 50));
+    }
+    await Promise.all(jobs);
+    assert.equal((await fetch(`${envd.url}/health`)).status, 204);
+    // every process ran to its end (nobody killed them) and was reaped
+    let procs;
+    for (const end = Date.now() + 10000; Date.now() < end;) {
+      procs = (await (await fetch(`${envd.url}/process.Process/List`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })).json()).processes;
+      if (procs.length === 0) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.deepEqual(procs, []);
+    // no half-written uploads, no temporary files
+    const ls = await fetch(`${envd.url}/filesystem.Filesystem/ListDir`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"path":"/tmp/gone"}' });
+    assert.ok(ls.status === 404 || (await ls.json()).entries.length === 0);
+    // the watchers of vanished streams were closed (no inotify descriptors left)
+    const pid = envd.hostPid();
+    let watchers = -1;
+    for (const end = Date.now() + 5000; watchers !== 0 && Date.now() < end;) {
+      watchers = readdirSync(`/proc/${pid}/fd`).filter((f) => { try { return readlinkSync(`/proc/${pid}/fd/${f}`).includes('inotify'); } catch { return false; } }).length;
+      if (watchers) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(watchers, 0);
+  });
+
   it('pauses a process that writes faster than the client reads (bounded memory)', async () => {
     const { request } = await import('node:http');
     const rssOf = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${envd.hostPid()}/status`, 'utf8'))[1]) * 1024;
