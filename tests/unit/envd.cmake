@@ -1,0 +1,1 @@
+sg_unit_test(envd sg_envd_core)
