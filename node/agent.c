@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
@@ -259,6 +260,8 @@ static int mount_rootfs(sg__node_t *n, sg__sbx_t *s)
     return 0;
 }
 
+static void on_op_timer_closed(uv_handle_t *h) { free(h->data); }
+
 static void create_finish(create_op_t *op, int status, json_t *body)
 {
     if (op->s != NULL)
@@ -266,18 +269,32 @@ static void create_finish(create_op_t *op, int status, json_t *body)
     op->cb(op->data, status, body);
     if (op->log_fd >= 0)
         close(op->log_fd);
-    uv_close((uv_handle_t *)&op->timer, (uv_close_cb)free);
+    uv_close((uv_handle_t *)&op->timer, on_op_timer_closed);
 }
 
 static void create_fail(create_op_t *op, int status, const char *msg)
 {
     sg__sbx_t *s = op->s;
-    sg_log(SG_LOG_ERROR, "sandbox create failed", SG_LS("sandbox", s->id), SG_LS("err", msg));
+    /* The runtime's own words (it writes to console.log) go into the log before the files go. */
+    char tail[512] = "", p[4096];
+    snprintf(p, sizeof(p), "%s/console.log", s->dir);
+    FILE *f = fopen(p, "re");
+    if (f != NULL) {
+        if (fseek(f, -(long)(sizeof(tail) - 1), SEEK_END) != 0)
+            rewind(f);
+        size_t k = fread(tail, 1, sizeof(tail) - 1, f);
+        tail[k] = '\0';
+        fclose(f);
+    }
+    sg_log(SG_LOG_ERROR, "sandbox create failed", SG_LS("sandbox", s->id), SG_LS("err", msg),
+           SG_LS("console", tail));
     json_t *body = json_pack("{s:i,s:s}", "code", status, "message", msg);
     create_finish(op, status, body);
     s->state = SBX_STOPPED;
     sg__sbx_delete(s->node, s);
 }
+
+static void on_health_retry(uv_timer_t *t) { health_try(t->data); }
 
 static void on_health_closed(uv_handle_t *h)
 {
@@ -309,7 +326,7 @@ static void on_health_closed(uv_handle_t *h)
         create_fail(op, 500, "envd exited during start (see the sandbox's console.log)");
         return;
     }
-    uv_timer_start(&op->timer, (uv_timer_cb)health_try, (uint64_t)op->delay_ms, 0);
+    uv_timer_start(&op->timer, on_health_retry, (uint64_t)op->delay_ms, 0);
     if (op->delay_ms < 20)
         op->delay_ms *= 2;
 }
@@ -544,7 +561,7 @@ int sg__sbx_create(sg__node_t *n, sg__create_req_t *req, sg__create_done_cb cb, 
         s->op = NULL;
         if (op->log_fd >= 0)
             close(op->log_fd);
-        uv_close((uv_handle_t *)&op->timer, (uv_close_cb)free);
+        uv_close((uv_handle_t *)&op->timer, on_op_timer_closed);
         s->state = SBX_STOPPED;
         sg__sbx_delete(n, s);
         *status = 500;
@@ -914,6 +931,12 @@ int sg_node_run(const sg_node_config_t *cfg)
     /* Orphans (container inits left by `runc create`) reparent to us, not to PID 1. */
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     signal(SIGPIPE, SIG_IGN);
+    /* Proxied connections need descriptors, and runc can only give sandboxes a file limit up to
+     * the one it inherits from here. */
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = rl.rlim_max; /* raising the hard limit needs CAP_SYS_RESOURCE: do not try */
+    setrlimit(RLIMIT_NOFILE, &rl);
 
     n->state_dir = abs_path(cfg->state_dir);
     n->templates_dir = abs_path(cfg->templates_dir);

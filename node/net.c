@@ -230,7 +230,7 @@ static int nft_install(sg__node_t *n)
                "    ip saddr @internet oifname != \"%s\" masquerade\n  }\n}\n", br);
     fprintf(f, "table bridge %s {}\ndelete table bridge %s\n", t, t);
     fprintf(f, "table bridge %s {\n  chain forward { type filter hook forward priority 0; "
-               "policy accept;\n    meta ibrname \"%s\" drop\n  }\n}\n", t, br);
+               "policy accept;\n    iifname \"sgv*\" oifname \"sgv*\" drop\n  }\n}\n", t);
     /* Rediscovered sandboxes keep their egress after an agent restart. */
     bool any = false;
     for (sg__sbx_t *s = n->sandboxes; s; s = s->next)

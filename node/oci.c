@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <jansson.h>
@@ -90,12 +91,15 @@ json_t *sg__oci_config(const sg__node_t *n, const sg__sbx_t *s, json_t *env, boo
         json_array_append_new(envs, json_string(kv));
         free(kv);
     }
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    json_int_t nofile = rl.rlim_max < 65536 ? (json_int_t)rl.rlim_max : 65536;
     json_t *capset = STRARR(caps);
     json_t *process = json_pack(
-        "{s:b,s:{s:i,s:i},s:o,s:o,s:s,s:{s:O,s:O,s:O},s:[{s:s,s:i,s:i}],s:b,s:i}", "terminal", 0,
+        "{s:b,s:{s:i,s:i},s:o,s:o,s:s,s:{s:O,s:O,s:O},s:[{s:s,s:I,s:I}],s:b,s:i}", "terminal", 0,
         "user", "uid", 0, "gid", 0, "args", args, "env", envs, "cwd", "/", "capabilities",
         "bounding", capset, "effective", capset, "permitted", capset, "rlimits", "type",
-        "RLIMIT_NOFILE", "hard", 1048576, "soft", 1048576,
+        "RLIMIT_NOFILE", "hard", nofile, "soft", nofile,
         /* Not set: no_new_privileges would disable sudo, which E2B templates promise. */
         "noNewPrivileges", 0, "oomScoreAdj", 500);
     json_decref(capset);
