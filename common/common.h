@@ -110,6 +110,33 @@ uint64_t sg_mono_ns(void);
 /* RFC 3339 UTC with milliseconds ("2026-11-26T04:50:00.123Z") into out (>= 25 bytes). */
 void sg_format_rfc3339(long long ms, char *out, size_t cap);
 
+/* ---- Redis (async, libuv) -------------------------------------------------------------------- */
+
+struct redisReply;
+struct uv_loop_s;
+typedef struct sg_redis sg_redis_t;
+typedef struct sg_redis_cmd sg_redis_cmd_t;
+/* reply is NULL when not connected, timed out or the connection was lost; an error reply
+ * (type REDIS_REPLY_ERROR) is passed through. The reply is freed by hiredis after the callback. */
+typedef void (*sg_redis_cb)(sg_redis_t *r, struct redisReply *reply, void *data);
+
+/* Creates a client on loop (loop thread only from here on). address is "host:port" or
+ * "unix:/path"; password may be NULL. Connects in the background, reconnects with backoff and
+ * sends AUTH/SELECT on every connect. Returns NULL on allocation failure. */
+sg_redis_t *sg_redis_new(struct uv_loop_s *loop, const char *address, const char *password, int db,
+                         int timeout_ms);
+/* Closes the client; callbacks of pending commands never run. Memory is released once the loop
+ * has run the handles' close callbacks. */
+void sg_redis_free(sg_redis_t *r);
+bool sg_redis_connected(sg_redis_t *r);
+/* Sends one command. cb runs exactly once, never inside this call: with the reply, or NULL on not
+ * connected / timeout / connection lost. Returns NULL only on allocation failure (cb never runs).
+ * argvlen may be NULL for NUL-terminated arguments. */
+sg_redis_cmd_t *sg_redis_command(sg_redis_t *r, sg_redis_cb cb, void *data, int argc,
+                                 const char **argv, const size_t *argvlen);
+/* After this the command's callback never runs. Valid until the callback would have run. */
+void sg_redis_cancel(sg_redis_cmd_t *cmd);
+
 /* ---- HTTP (h2o) ------------------------------------------------------------------------------ */
 
 struct st_h2o_req_t;
