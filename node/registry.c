@@ -1,108 +1,47 @@
 /*
  * Registration and heartbeats into Redis (docs/node-api.md "Redis"): every heartbeat_interval one
- * MULTI / HSET {sg}:node:<id> ... / PEXPIRE 60000 / ZADD {sg}:nodes / EXEC, on hiredis async with
- * the libuv adapter.
+ * MULTI / HSET {sg}:node:<id> ... / PEXPIRE 60000 / ZADD {sg}:nodes / EXEC.
  *
- * Redis never blocks or stops the agent: a lost connection is dropped and retried every second
- * (with AUTH and SELECT replayed first); a heartbeat is skipped while the previous one is still
- * unanswered, and one unanswered past the command timeout drops the connection (hiredis 0.14 async
- * has no timeouts of its own). Sandboxes are not touched by any of this.
+ * Redis never blocks or stops the agent: common's sg_redis client reconnects (replaying AUTH and
+ * SELECT) and times commands out; a heartbeat is skipped while the previous EXEC is unanswered.
+ * Sandboxes are not touched by any of this.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#include <hiredis/adapters/libuv.h>
 #include "common/common.h"
 #include "node/internal.h"
 
-#define RECONNECT_MS 1000
-
 typedef struct sg__registry {
     sg__node_t *n;
-    redisAsyncContext *ac;
+    sg_redis_t *redis;
     uv_timer_t timer;
-    bool connected;
-    uint64_t inflight_since; /* mono ns of the unanswered heartbeat, 0 = none */
-    long long next_connect_ms;
+    sg_redis_cmd_t *exec; /* the unanswered EXEC, NULL = none */
     bool logged_down;
 } reg_t;
 
-static void reg_connect(reg_t *r);
+static void on_queued(sg_redis_t *redis, redisReply *reply, void *data) {}
 
-static void on_connect(const redisAsyncContext *ac, int status)
+static void on_exec(sg_redis_t *redis, redisReply *reply, void *data)
 {
-    reg_t *r = ac->data;
-    if (status != REDIS_OK) {
+    reg_t *r = data;
+    r->exec = NULL;
+    if (reply == NULL) {
         if (!r->logged_down)
-            sg_log(SG_LOG_WARN, "redis connect failed; retrying", SG_LS("err", ac->errstr));
+            sg_log(SG_LOG_WARN, "redis heartbeat failed (unreachable); sandboxes keep running");
         r->logged_down = true;
-        r->ac = NULL; /* hiredis frees the context after this callback */
-        r->inflight_since = 0;
-        return;
-    }
-    r->connected = true;
-    r->logged_down = false;
-    sg_log(SG_LOG_INFO, "redis connected", SG_LS("address", r->n->cfg->redis.address));
-}
-
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    reg_t *r = ac->data;
-    if (r->ac == ac) {
-        r->ac = NULL;
-        r->connected = false;
-        r->inflight_since = 0;
-        sg_log(SG_LOG_WARN, "redis connection lost; sandboxes keep running");
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        sg_log(SG_LOG_WARN, "redis heartbeat failed", SG_LS("err", reply->str));
+    } else if (r->logged_down) {
+        sg_log(SG_LOG_INFO, "redis heartbeat restored");
+        r->logged_down = false;
     }
 }
 
-static void reg_connect(reg_t *r)
+static void send_cmd(reg_t *r, int argc, const char **argv)
 {
-    const sg_config_redis_t *c = &r->n->cfg->redis;
-    redisAsyncContext *ac;
-    if (strncmp(c->address, "unix:", 5) == 0) {
-        ac = redisAsyncConnectUnix(c->address + 5);
-    } else {
-        char host[256];
-        const char *colon = strrchr(c->address, ':');
-        int port = colon ? atoi(colon + 1) : 6379;
-        size_t hl = colon ? (size_t)(colon - c->address) : strlen(c->address);
-        if (hl >= sizeof(host))
-            hl = sizeof(host) - 1;
-        memcpy(host, c->address, hl);
-        host[hl] = '\0';
-        ac = redisAsyncConnect(host, port);
-    }
-    if (ac == NULL)
-        return;
-    if (ac->err) {
-        redisAsyncFree(ac);
-        return;
-    }
-    ac->data = r;
-    if (redisLibuvAttach(ac, r->n->loop) != REDIS_OK) {
-        redisAsyncFree(ac);
-        return;
-    }
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    r->ac = ac;
-    if (c->password && *c->password)
-        redisAsyncCommand(ac, NULL, NULL, "AUTH %s", c->password);
-    if (c->db != 0)
-        redisAsyncCommand(ac, NULL, NULL, "SELECT %d", c->db);
-}
-
-static void on_exec(redisAsyncContext *ac, void *reply, void *priv)
-{
-    reg_t *r = priv;
-    redisReply *rep = reply;
-    if (r->ac == ac)
-        r->inflight_since = 0;
-    if (rep && rep->type == REDIS_REPLY_ERROR)
-        sg_log(SG_LOG_WARN, "redis heartbeat failed", SG_LS("err", rep->str));
+    sg_redis_command(r->redis, on_queued, r, argc, argv, NULL);
 }
 
 static void heartbeat(reg_t *r)
@@ -153,12 +92,16 @@ static void heartbeat(reg_t *r)
         n->envd_version, "heartbeat_ms", hb, "sandboxes", idss ? idss : "[]",
     };
     size_t argc = sizeof(argv) / sizeof(argv[0]);
-    redisAsyncCommand(r->ac, NULL, NULL, "MULTI");
-    redisAsyncCommandArgv(r->ac, NULL, NULL, (int)argc, argv, NULL);
-    redisAsyncCommand(r->ac, NULL, NULL, "PEXPIRE %s 60000", key);
-    redisAsyncCommand(r->ac, NULL, NULL, "ZADD {sg}:nodes %s %s", hb, cfg->id);
-    redisAsyncCommand(r->ac, on_exec, r, "EXEC");
-    r->inflight_since = sg_mono_ns();
+    /* Sent back to back on one connection: a drop in between discards the transaction. */
+    const char *multi[] = {"MULTI"};
+    send_cmd(r, 1, multi);
+    send_cmd(r, (int)argc, argv);
+    const char *pexpire[] = {"PEXPIRE", key, "60000"};
+    send_cmd(r, 3, pexpire);
+    const char *zadd[] = {"ZADD", "{sg}:nodes", hb, cfg->id};
+    send_cmd(r, 4, zadd);
+    const char *exec[] = {"EXEC"};
+    r->exec = sg_redis_command(r->redis, on_exec, r, 1, exec, NULL);
     free(templates);
     free(labels);
     free(idss);
@@ -167,29 +110,9 @@ static void heartbeat(reg_t *r)
 static void on_timer(uv_timer_t *t)
 {
     reg_t *r = t->data;
-    if (r->ac == NULL) {
-        long long now = sg_now_ms();
-        if (now >= r->next_connect_ms) {
-            r->next_connect_ms = now + RECONNECT_MS;
-            reg_connect(r);
-        }
-        return;
-    }
-    if (!r->connected)
-        return;
-    if (r->inflight_since != 0) {
-        uint64_t waited_ms = (sg_mono_ns() - r->inflight_since) / 1000000;
-        if (waited_ms > (uint64_t)r->n->cfg->redis.timeout_ms) {
-            sg_log(SG_LOG_WARN, "redis heartbeat timed out; reconnecting");
-            redisAsyncContext *ac = r->ac;
-            r->ac = NULL;
-            r->connected = false;
-            r->inflight_since = 0;
-            redisAsyncFree(ac); /* runs on_exec with a NULL reply, then on_disconnect */
-        }
-        return;
-    }
-    heartbeat(r);
+    /* One heartbeat at a time; the client's command timeout bounds how long one can hang. */
+    if (r->exec == NULL)
+        heartbeat(r);
 }
 
 int sg__registry_start(sg__node_t *n)
@@ -199,9 +122,13 @@ int sg__registry_start(sg__node_t *n)
         return SG_ENOMEM;
     n->reg = r;
     r->n = n;
+    const sg_config_redis_t *c = &n->cfg->redis;
+    r->redis = sg_redis_new(n->loop, c->address, c->password && *c->password ? c->password : NULL,
+                            c->db, c->timeout_ms > 0 ? c->timeout_ms : 1000);
+    if (r->redis == NULL)
+        return SG_ENOMEM;
     uv_timer_init(n->loop, &r->timer);
     r->timer.data = r;
-    reg_connect(r);
     int iv = n->cfg->heartbeat_interval_ms > 0 ? n->cfg->heartbeat_interval_ms : 1000;
     uv_timer_start(&r->timer, on_timer, 0, (uint64_t)iv);
     return 0;
@@ -210,11 +137,8 @@ int sg__registry_start(sg__node_t *n)
 void sg__registry_stop(sg__node_t *n)
 {
     reg_t *r = n->reg;
-    if (r == NULL)
+    if (r == NULL || r->redis == NULL)
         return;
-    if (r->ac != NULL) {
-        redisAsyncContext *ac = r->ac;
-        r->ac = NULL;
-        redisAsyncFree(ac);
-    }
+    sg_redis_free(r->redis);
+    r->redis = NULL;
 }
