@@ -43,7 +43,7 @@ typedef struct sg__create_op {
     sg__sbx_t *s;
     sg__create_done_cb cb;
     void *data;
-    uint64_t t0;
+    uint64_t t0, t_prep, t_created, t_net, t_started; /* phase ends, for the start-up log line */
     uv_timer_t timer;
     uv_tcp_t tcp;
     uv_connect_t conn;
@@ -295,10 +295,12 @@ static void create_fail(create_op_t *op, int status, const char *msg)
 }
 
 static void on_health_retry(uv_timer_t *t) { health_try(t->data); }
+static void on_health_attempt_timeout(uv_timer_t *t);
 
 static void on_health_closed(uv_handle_t *h)
 {
     create_op_t *op = h->data;
+    uv_timer_stop(&op->timer);
     if (op->healthy) {
         sg__sbx_t *s = op->s;
         if (s->delete_requested) {
@@ -307,7 +309,12 @@ static void on_health_closed(uv_handle_t *h)
         }
         s->state = SBX_RUNNING;
         sg_log(SG_LOG_INFO, "sandbox started", SG_LS("sandbox", s->id), SG_LS("address", s->addr),
-               SG_LD("ms", (double)(sg_mono_ns() - op->t0) / 1e6));
+               SG_LD("ms", (double)(sg_mono_ns() - op->t0) / 1e6),
+               SG_LD("prep_ms", (double)(op->t_prep - op->t0) / 1e6),
+               SG_LD("create_ms", (double)(op->t_created - op->t_prep) / 1e6),
+               SG_LD("net_ms", (double)(op->t_net - op->t_created) / 1e6),
+               SG_LD("start_ms", (double)(op->t_started - op->t_net) / 1e6),
+               SG_LD("health_ms", (double)(sg_mono_ns() - op->t_started) / 1e6));
         json_t *body = json_pack("{s:s,s:s,s:s,s:I}", "sandboxID", s->id, "address", s->addr,
                                  "envdVersion", s->node->envd_version, "startedAtMs",
                                  (json_int_t)s->started_ms);
@@ -346,7 +353,8 @@ static void on_health_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         op->rbuf[op->rlen] = '\0';
         op->healthy = op->rlen >= 12 && strncmp(op->rbuf, "HTTP/1.", 7) == 0 && op->rbuf[9] == '2';
         uv_read_stop(st);
-        uv_close((uv_handle_t *)st, on_health_closed);
+        if (!uv_is_closing((uv_handle_t *)st))
+            uv_close((uv_handle_t *)st, on_health_closed);
     }
 }
 
@@ -361,15 +369,30 @@ static void on_health_connect(uv_connect_t *c, int status)
 {
     create_op_t *op = c->data;
     if (status != 0) {
-        uv_close((uv_handle_t *)&op->tcp, on_health_closed);
+        if (!uv_is_closing((uv_handle_t *)&op->tcp))
+            uv_close((uv_handle_t *)&op->tcp, on_health_closed);
         return;
     }
+    uv_timer_start(&op->timer, on_health_attempt_timeout, 2000, 0); /* connected: allow for a busy envd */
     static const char req[] = "GET /health HTTP/1.1\r\nHost: sandbox\r\nConnection: close\r\n\r\n";
     uv_buf_t b = uv_buf_init((char *)req, sizeof(req) - 1);
     op->wr.data = op;
     if (uv_write(&op->wr, (uv_stream_t *)&op->tcp, &b, 1, on_health_written) != 0 ||
-        uv_read_start((uv_stream_t *)&op->tcp, on_health_alloc, on_health_read) != 0)
+        uv_read_start((uv_stream_t *)&op->tcp, on_health_alloc, on_health_read) != 0) {
+        if (!uv_is_closing((uv_handle_t *)&op->tcp))
+            uv_close((uv_handle_t *)&op->tcp, on_health_closed);
+    }
+}
+
+/* A SYN sent while the new veth was still coming up is lost and TCP would retry only after a
+ * second: give each attempt 50 ms, then start over. */
+static void on_health_attempt_timeout(uv_timer_t *t)
+{
+    create_op_t *op = t->data;
+    if (!uv_is_closing((uv_handle_t *)&op->tcp)) {
+        uv_read_stop((uv_stream_t *)&op->tcp);
         uv_close((uv_handle_t *)&op->tcp, on_health_closed);
+    }
 }
 
 static void health_try(create_op_t *op)
@@ -381,8 +404,11 @@ static void health_try(create_op_t *op)
     uv_tcp_init(op->n->loop, &op->tcp);
     op->tcp.data = op;
     op->conn.data = op;
-    if (uv_tcp_connect(&op->conn, &op->tcp, (struct sockaddr *)&sa, on_health_connect) != 0)
+    if (uv_tcp_connect(&op->conn, &op->tcp, (struct sockaddr *)&sa, on_health_connect) != 0) {
         uv_close((uv_handle_t *)&op->tcp, on_health_closed);
+        return;
+    }
+    uv_timer_start(&op->timer, on_health_attempt_timeout, 50, 0);
 }
 
 static void on_rt_started(void *data, int status, const char *err)
@@ -392,18 +418,25 @@ static void on_rt_started(void *data, int status, const char *err)
         create_fail(op, 500, err);
         return;
     }
+    op->t_started = sg_mono_ns();
     op->delay_ms = 1;
     health_try(op);
 }
 
-static void start_container(create_op_t *op)
+/* After the network: start the first process, or (runtime `run`) it is already running. */
+static void after_net(create_op_t *op)
 {
-    sg__node_t *n = op->n;
     if (op->s->delete_requested) {
         create_fail(op, 500, "sandbox deleted while starting");
         return;
     }
-    if (n->rt->start(n->rt, op->s->id, on_rt_started, op) != 0)
+    if (op->n->rt->run != NULL) {
+        op->t_started = sg_mono_ns();
+        op->delay_ms = 1;
+        health_try(op);
+        return;
+    }
+    if (op->n->rt->start(op->n->rt, op->s->id, on_rt_started, op) != 0)
         create_fail(op, 500, "runtime start failed");
 }
 
@@ -415,7 +448,7 @@ static void on_nft_added(void *data, int status, const char *err)
         return;
     }
     op->s->nft_added = true;
-    start_container(op);
+    after_net(op);
 }
 
 static void on_rt_created(void *data, int status, const char *err)
@@ -427,6 +460,7 @@ static void on_rt_created(void *data, int status, const char *err)
         create_fail(op, 500, err);
         return;
     }
+    op->t_created = sg_mono_ns();
     char *pf = path_join(s->dir, "init.pid");
     FILE *f = pf ? fopen(pf, "re") : NULL;
     free(pf);
@@ -447,12 +481,13 @@ static void on_rt_created(void *data, int status, const char *err)
         create_fail(op, 500, "sandbox network setup failed");
         return;
     }
+    op->t_net = sg_mono_ns();
     if (s->internet) {
         if (sg__net_set_internet(n, s, true, on_nft_added, op) != 0)
             create_fail(op, 500, "cannot allow egress for the sandbox (nft)");
         return;
     }
-    start_container(op);
+    after_net(op);
 }
 
 /* Takes the files, mount and bundle; on error the caller deletes the sandbox. */
@@ -491,6 +526,9 @@ static int create_prepare(sg__node_t *n, sg__sbx_t *s, sg__create_req_t *req, cr
     char pidfile[4096];
     snprintf(pidfile, sizeof(pidfile), "%s/init.pid", s->dir);
     *why = "runtime create failed";
+    op->t_prep = sg_mono_ns();
+    if (n->rt->run != NULL)
+        return n->rt->run(n->rt, s->id, s->dir, pidfile, op->log_fd, on_rt_created, op);
     return n->rt->create(n->rt, s->id, s->dir, pidfile, op->log_fd, on_rt_created, op);
 }
 
@@ -892,10 +930,19 @@ static int envd_version(sg__node_t *n)
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
         return SG_EIO;
+    /* The bundle's binary names /opt/sandgate/lib/ld-linux... as its interpreter (its path in a
+     * sandbox); on the host it runs through the bundled loader with the bundled libraries. */
+    char loader[4200], libdir[4200];
+    snprintf(loader, sizeof(loader), "%s/lib/ld-linux-x86-64.so.2", n->envd_path);
+    snprintf(libdir, sizeof(libdir), "%s/lib", n->envd_path);
+    bool bundled = access(loader, X_OK) == 0;
     pid_t pid = fork();
     if (pid == 0) {
         dup2(fds[1], 1);
-        execl(cmd, cmd, "--version", (char *)NULL);
+        if (bundled)
+            execl(loader, loader, "--library-path", libdir, cmd, "--version", (char *)NULL);
+        else
+            execl(cmd, cmd, "--version", (char *)NULL);
         _exit(127);
     }
     close(fds[1]);

@@ -99,6 +99,10 @@ typedef struct sg__runtime {
     int (*create)(struct sg__runtime *rt, const char *id, const char *bundle, const char *pidfile,
                   int log_fd, sg__rt_cb cb, void *data);
     int (*start)(struct sg__runtime *rt, const char *id, sg__rt_cb cb, void *data);
+    /* create + start in one step (one runtime process instead of two); the first process runs
+     * before the caller has touched the container (its network comes up after it starts). */
+    int (*run)(struct sg__runtime *rt, const char *id, const char *bundle, const char *pidfile,
+               int log_fd, sg__rt_cb cb, void *data);
     int (*kill)(struct sg__runtime *rt, const char *id, int sig, sg__rt_cb cb, void *data);
     int (*delete)(struct sg__runtime *rt, const char *id, sg__rt_cb cb, void *data);
     /* Synchronous: reads the container's cgroup files (small procfs/sysfs reads). */

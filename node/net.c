@@ -19,6 +19,7 @@
 #include <linux/if_link.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
+#include <linux/neighbour.h>
 #include <linux/veth.h>
 #include <sched.h>
 #include <spawn.h>
@@ -136,6 +137,49 @@ static int route_default(int fd, int ifindex, uint32_t gw_host)
     nl_attr(&r, RTA_OIF, &ifindex, 4);
     int e = nl_talk(fd, &r);
     return e == -EEXIST ? 0 : e;
+}
+
+/* Permanent ARP entries both ways: the first SYN to a new sandbox must not wait for ARP (whose
+ * first request can be lost while the veth comes up, costing a 1 s retransmit). */
+static int neigh_set(int fd, int type, int ifindex, uint32_t addr_host, const uint8_t mac[6])
+{
+    nlreq_t r;
+    struct ndmsg nd = {.ndm_family = AF_INET, .ndm_ifindex = ifindex, .ndm_state = NUD_PERMANENT};
+    nl_init(&r, type, type == RTM_NEWNEIGH ? NLM_F_CREATE | NLM_F_REPLACE : 0, &nd, sizeof(nd));
+    uint32_t a = htonl(addr_host);
+    nl_attr(&r, NDA_DST, &a, 4);
+    if (mac != NULL)
+        nl_attr(&r, NDA_LLADDR, mac, 6);
+    return nl_talk(fd, &r);
+}
+
+/* Locally administered MACs: sandboxes 02:00:<IPv4>, the bridge 02:01:<hash of the node id>. */
+static void sandbox_mac(uint32_t addr_host, uint8_t mac[6])
+{
+    mac[0] = 0x02;
+    mac[1] = 0x00;
+    mac[2] = (uint8_t)(addr_host >> 24);
+    mac[3] = (uint8_t)(addr_host >> 16);
+    mac[4] = (uint8_t)(addr_host >> 8);
+    mac[5] = (uint8_t)addr_host;
+}
+
+static void bridge_mac(const char *node_id, uint8_t mac[6])
+{
+    uint8_t h[32];
+    sg_sha256(node_id, strlen(node_id), h);
+    mac[0] = 0x02;
+    mac[1] = 0x01;
+    memcpy(mac + 2, h, 4);
+}
+
+static int link_set_mac(int fd, int ifindex, const uint8_t mac[6])
+{
+    nlreq_t r;
+    struct ifinfomsg ifi = {.ifi_family = AF_UNSPEC, .ifi_index = ifindex};
+    nl_init(&r, RTM_NEWLINK, 0, &ifi, sizeof(ifi));
+    nl_attr(&r, IFLA_ADDRESS, mac, 6);
+    return nl_talk(fd, &r);
 }
 
 static int link_del(int fd, const char *name)
@@ -272,7 +316,10 @@ int sg__net_setup(sg__node_t *n)
     }
     int idx = (int)if_nametoindex(c->bridge);
     n->bridge_addr = sg__addrpool_addr(&n->pool, 1);
-    if (idx == 0 || (e = addr_add(fd, idx, n->bridge_addr, (int)n->pool.prefix)) != 0 ||
+    uint8_t bmac[6];
+    bridge_mac(c->id, bmac);
+    if (idx == 0 || (e = link_set_mac(fd, idx, bmac)) != 0 ||
+        (e = addr_add(fd, idx, n->bridge_addr, (int)n->pool.prefix)) != 0 ||
         (e = link_up(fd, idx, 0)) != 0) {
         sg_log(SG_LOG_ERROR, "bridge setup failed", SG_LS("err", strerror(e ? -e : errno)));
         goto done;
@@ -310,6 +357,11 @@ int sg__net_attach(sg__node_t *n, sg__sbx_t *s, int pid)
     struct rtattr *peer = nl_attr(&r, VETH_INFO_PEER, NULL, 0);
     r.h.nlmsg_len += sizeof(struct ifinfomsg); /* the peer's ifinfomsg, zeroed */
     nl_attr(&r, IFLA_IFNAME, "eth0", 5);
+    uint8_t smac[6], bmac[6];
+    uint32_t saddr = sg__addrpool_addr(&n->pool, s->addr_idx);
+    sandbox_mac(saddr, smac);
+    bridge_mac(n->cfg->id, bmac);
+    nl_attr(&r, IFLA_ADDRESS, smac, 6);
     uint32_t upid = (uint32_t)pid;
     nl_attr(&r, IFLA_NET_NS_PID, &upid, 4);
     nl_nest_end(&r, peer);
@@ -319,7 +371,8 @@ int sg__net_attach(sg__node_t *n, sg__sbx_t *s, int pid)
         goto done;
     int hidx = (int)if_nametoindex(s->veth);
     int bidx = (int)if_nametoindex(n->cfg->bridge);
-    if (hidx == 0 || bidx == 0 || (e = link_up(fd, hidx, bidx)) != 0)
+    if (hidx == 0 || bidx == 0 || (e = link_up(fd, hidx, bidx)) != 0 ||
+        (e = neigh_set(fd, RTM_NEWNEIGH, bidx, saddr, smac)) != 0)
         goto done;
 
     snprintf(p, sizeof(p), "/proc/%d/ns/net", pid);
@@ -366,7 +419,8 @@ int sg__net_attach(sg__node_t *n, sg__sbx_t *s, int pid)
     if ((e = link_up(inner, 1, 0)) != 0 ||
         (e = addr_add(inner, eth0, sg__addrpool_addr(&n->pool, s->addr_idx), (int)n->pool.prefix)) !=
             0 ||
-        (e = link_up(inner, eth0, 0)) != 0 || (e = route_default(inner, eth0, n->bridge_addr)) != 0)
+        (e = link_up(inner, eth0, 0)) != 0 || (e = route_default(inner, eth0, n->bridge_addr)) != 0 ||
+        (e = neigh_set(inner, RTM_NEWNEIGH, eth0, n->bridge_addr, bmac)) != 0)
         goto done;
     ret = 0;
 done:
@@ -385,13 +439,15 @@ done:
 
 void sg__net_detach(sg__node_t *n, sg__sbx_t *s)
 {
-    (void)n;
     int fd = nl_open();
     if (fd < 0)
         return;
     int e = link_del(fd, s->veth);
     if (e != 0 && e != -ENODEV)
         sg_log(SG_LOG_WARN, "veth delete failed", SG_LS("veth", s->veth), SG_LS("err", strerror(-e)));
+    int bidx = (int)if_nametoindex(n->cfg->bridge);
+    if (bidx > 0 && s->addr[0])
+        neigh_set(fd, RTM_DELNEIGH, bidx, sg__addrpool_addr(&n->pool, s->addr_idx), NULL);
     close(fd);
 }
 

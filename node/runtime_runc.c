@@ -116,6 +116,15 @@ static int rc_create(sg__runtime_t *rt, const char *id, const char *bundle, cons
     return spawn_op(rc, "create", args, log_fd >= 0 ? log_fd : rc->devnull, cb, data);
 }
 
+static int rc_run(sg__runtime_t *rt, const char *id, const char *bundle, const char *pidfile,
+                  int log_fd, sg__rt_cb cb, void *data)
+{
+    runc_t *rc = (runc_t *)rt;
+    char *args[] = {rc->path, "--root", rc->root, "run", "--detach", "--bundle", (char *)bundle,
+                    "--pid-file", (char *)pidfile, (char *)id, NULL};
+    return spawn_op(rc, "run", args, log_fd >= 0 ? log_fd : rc->devnull, cb, data);
+}
+
 static int rc_start(sg__runtime_t *rt, const char *id, sg__rt_cb cb, void *data)
 {
     runc_t *rc = (runc_t *)rt;
@@ -247,6 +256,7 @@ sg__runtime_t *sg__runtime_runc_new(uv_loop_t *loop, const char *runc_path, cons
         .name = "runc",
         .create = rc_create,
         .start = rc_start,
+        .run = rc_run,
         .kill = rc_kill,
         .delete = rc_delete,
         .stats = rc_stats,
