@@ -6,6 +6,8 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, writeFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
+import net from 'node:net';
+import { readFileSync } from 'node:fs';
 import {
   World, canRun, api, viaProxy, createBody, execIn, execInStatus, probeScript, sh, trySh,
   waitFor, sleep, mountsUnder, TOKEN,
@@ -187,6 +189,92 @@ test('node proxy: port 8000 server reachable, 8001 502, unknown 404, token 401',
     const noport = await fetch(`${node.proxy}/`, { headers: { 'X-Sandgate-Node-Token': TOKEN,
       'X-Sandgate-Sandbox-Id': id } });
     assert.equal(noport.status, 400);
+  } finally { await remove(id); }
+});
+
+const BIG_SERVER = `import http.server, socketserver
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        n = 200 * 1024 * 1024
+        self.send_response(200); self.send_header("Content-Length", str(n)); self.end_headers()
+        chunk = b"x" * (1024 * 1024)
+        for _ in range(200): self.wfile.write(chunk)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("0.0.0.0", 8000), H).serve_forever()
+`;
+// Answers an Upgrade with 101, then echoes every byte: a stand-in for a WebSocket server.
+const UPGRADE_ECHO = `import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8002)); s.listen(5)
+while True:
+    c, _ = s.accept(); buf = b""
+    while b"\\r\\n\\r\\n" not in buf:
+        d = c.recv(4096)
+        if not d: break
+        buf += d
+    ok = b"upgrade: websocket" in buf.lower()
+    if not buf: c.close(); continue  # a port probe
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n" if ok else b"HTTP/1.1 400 Bad\\r\\nContent-Length: 0\\r\\n\\r\\n")
+    while ok:
+        d = c.recv(4096)
+        if not d: break
+        c.sendall(d)
+    c.close()
+`;
+
+function rssKiB(pid) {
+  return Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]);
+}
+
+function startServer(id, file, code, port) {
+  execIn(node, id, ['sh', '-c', `mkdir -p /srv && cat > /srv/${file}`], { input: code, stdio: ['pipe', 'pipe', 'pipe'] });
+  sh('runc', ['--root', join(node.state, 'runc'), 'exec', '-d', id, 'python3', `/srv/${file}`], { stdio: 'ignore' });
+  return waitFor(() => /open/.test(execIn(node, id, ['python3', '-c', probeScript([['127.0.0.1', port]])])));
+}
+
+test('node proxy: a client that does not read does not grow the agent (backpressure)', opts, async () => {
+  const { id } = await create({ memoryMB: 512 });
+  try {
+    await startServer(id, 'big.py', BIG_SERVER, 8000);
+    const before = rssKiB(node.proc.pid);
+    const sock = net.connect(7071, node.nodeIp);
+    await new Promise((r) => sock.on('connect', r));
+    sock.pause(); // read nothing: the relay must stop reading the sandbox
+    sock.write(`GET /big HTTP/1.1\r\nHost: x\r\nX-Sandgate-Node-Token: ${TOKEN}\r\n` +
+      `X-Sandgate-Sandbox-Id: ${id}\r\nX-Sandgate-Sandbox-Port: 8000\r\n\r\n`);
+    await sleep(3000);
+    const stalled = rssKiB(node.proc.pid);
+    let got = 0;
+    sock.on('data', (d) => { got += d.length; });
+    sock.resume();
+    await new Promise((r) => sock.on('end', r));
+    const after = rssKiB(node.proc.pid);
+    assert.ok(got > 200 * 1024 * 1024, String(got)); // the whole body (plus the head) arrived
+    // A buffered 200 MiB response would show here; the relay holds two 64 KiB buffers.
+    assert.ok(stalled - before < 16 * 1024, `RSS ${before} -> ${stalled} kB while stalled`);
+    assert.ok(after - before < 16 * 1024, `RSS ${before} -> ${after} kB after`);
+  } finally { await remove(id); }
+});
+
+test('node proxy: Upgrade requests are tunnelled both ways', opts, async () => {
+  const { id } = await create();
+  try {
+    await startServer(id, 'echo.py', UPGRADE_ECHO, 8002);
+    const sock = net.connect(7071, node.nodeIp);
+    let buf = '';
+    sock.setEncoding('latin1');
+    sock.on('data', (d) => { buf += d; });
+    sock.write(`GET /ws HTTP/1.1\r\nHost: x\r\nX-Sandgate-Node-Token: ${TOKEN}\r\n` +
+      `X-Sandgate-Sandbox-Id: ${id}\r\nX-Sandgate-Sandbox-Port: 8002\r\n` +
+      `Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n`);
+    await waitFor(() => buf.includes('\r\n\r\n'));
+    assert.match(buf, /^HTTP\/1\.1 101 /);
+    buf = '';
+    sock.write('ping-1');
+    await waitFor(() => buf === 'ping-1');
+    sock.write('ping-2');
+    await waitFor(() => buf === 'ping-1ping-2');
+    sock.destroy();
   } finally { await remove(id); }
 });
 
