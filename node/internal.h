@@ -82,6 +82,13 @@ typedef struct {
  * a malformed head (out->status = 400). out->out is malloc'ed when status == 0. */
 int sg__proxy_parse_head(const char *buf, size_t len, const char *token, sg__proxy_head_t *out);
 
+/* Rewrites an upstream response head so the client never reuses the connection (the next request
+ * on it could be for another sandbox): Connection/Keep-Alive dropped, "Connection: close" added,
+ * except for 101 and other 1xx heads, which pass unchanged. Returns 1 (out malloc'ed, head_len =
+ * bytes of the head in buf), 0 incomplete, -1 malformed. */
+int sg__proxy_rewrite_response(const char *buf, size_t len, char **out, size_t *out_len,
+                               size_t *head_len, int *status);
+
 /* ---- runtime (runtime_runc.c) ---------------------------------------------------------------- */
 typedef void (*sg__rt_cb)(void *data, int status, const char *errmsg);
 

@@ -26,6 +26,10 @@ int phr_parse_request(const char *buf, size_t len, const char **method, size_t *
                       const char **path, size_t *path_len, int *minor_version,
                       struct phr_header *headers, size_t *num_headers, size_t last_len);
 
+int phr_parse_response(const char *buf, size_t len, int *minor_version, int *status,
+                       const char **msg, size_t *msg_len, struct phr_header *headers,
+                       size_t *num_headers, size_t last_len);
+
 #define MAX_ENV 256
 #define MAX_PROXY_HEADERS 100
 
@@ -414,6 +418,48 @@ badport:
 dup:
     out->status = 400;
     out->message = "duplicate X-Sandgate header";
+    return 1;
+}
+
+int sg__proxy_rewrite_response(const char *buf, size_t len, char **out, size_t *out_len,
+                               size_t *head_len, int *status)
+{
+    int minor;
+    const char *msg;
+    size_t msg_len, nh = MAX_PROXY_HEADERS;
+    struct phr_header hs[MAX_PROXY_HEADERS];
+    int r = phr_parse_response(buf, len, &minor, status, &msg, &msg_len, hs, &nh, 0);
+    if (r == -2)
+        return 0;
+    if (r < 0)
+        return -1;
+    *head_len = (size_t)r;
+    bool close = *status != 101 && *status >= 200;
+    size_t cap = (size_t)r + 64;
+    char *o = malloc(cap);
+    if (o == NULL)
+        return -1;
+    size_t n = (size_t)snprintf(o, cap, "HTTP/1.%d %d %.*s\r\n", minor, *status, (int)msg_len, msg);
+    for (size_t i = 0; i < nh; i++) {
+        const struct phr_header *h = &hs[i];
+        if (h->name == NULL || (close && (hname(h, "connection") || hname(h, "keep-alive"))))
+            continue;
+        if (n + h->name_len + h->value_len + 4 > cap)
+            break; /* cannot happen: the output is never longer than the input + 64 */
+        memcpy(o + n, h->name, h->name_len);
+        n += h->name_len;
+        memcpy(o + n, ": ", 2);
+        n += 2;
+        memcpy(o + n, h->value, h->value_len);
+        n += h->value_len;
+        memcpy(o + n, "\r\n", 2);
+        n += 2;
+    }
+    if (close)
+        n += (size_t)snprintf(o + n, cap - n, "Connection: close\r\n");
+    n += (size_t)snprintf(o + n, cap - n, "\r\n");
+    *out = o;
+    *out_len = n;
     return 1;
 }
 

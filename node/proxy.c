@@ -7,9 +7,10 @@
  * head without the three X-Sandgate headers, then relay bytes both ways. Each direction has one
  * 64 KiB buffer and stops reading its source while a write to the other side is pending, so a slow
  * reader pauses the sender through TCP backpressure: memory per connection is bounded (~130 KiB).
- * WebSocket upgrades are just the same relay. A plain request is forwarded with
- * "Connection: close", so an upstream connection carries exactly one request (the next request on
- * a gateway connection could be for another sandbox); the client connection closes with it.
+ * WebSocket upgrades are just the same relay. One connection carries exactly one request (the next
+ * request on a gateway connection could be for another sandbox): the request goes upstream with
+ * "Connection: close" and the response head comes back with "Connection: close" (rewritten here,
+ * so a client never reuses the connection even when the sandbox's server would keep it alive).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,10 @@ struct pconn {
     char *resp; /* error response or rewritten head being written */
     int port;
     bool upstream_init, closing, relaying;
+    bool resp_done;  /* the response head went out (rewritten); the rest is relayed as is */
+    char *rhead;     /* response head being collected (HEAD_MAX) */
+    size_t rhead_len;
+    char *rout;      /* rewritten response head(s) being written */
     int open_handles;
     dir_t c2u, u2c;
 };
@@ -61,6 +66,8 @@ static void on_handle_closed(uv_handle_t *h)
         c->px->nconns--;
         free(c->head);
         free(c->resp);
+        free(c->rhead);
+        free(c->rout);
         free(c);
     }
 }
@@ -81,6 +88,8 @@ static void on_resp_written(uv_write_t *w, int status) { conn_close(w->data); }
 static void respond(pconn_t *c, int status, const char *message)
 {
     uv_read_stop((uv_stream_t *)&c->client);
+    if (c->upstream_init)
+        uv_read_stop((uv_stream_t *)&c->upstream);
     json_t *o = json_pack("{s:i,s:s}", "code", status, "message", message);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
@@ -144,12 +153,89 @@ static void on_dir_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
     *b = uv_buf_init(d->buf, BUF_SIZE);
 }
 
+/* Collects the upstream's response head and sends it rewritten (see sg__proxy_rewrite_response);
+ * 1xx heads other than 101 pass first. Returns true when it consumed the bytes. */
+static bool response_head(pconn_t *c, dir_t *d, const char *data, size_t len)
+{
+    if (c->rhead == NULL && (c->rhead = malloc(HEAD_MAX)) == NULL) {
+        conn_close(c);
+        return true;
+    }
+    if (len > HEAD_MAX - c->rhead_len) {
+        respond(c, 502, "the sandbox sent a response head that is too large");
+        return true;
+    }
+    memcpy(c->rhead + c->rhead_len, data, len);
+    c->rhead_len += len;
+    size_t off = 0, out_len = 0;
+    char *out = NULL;
+    for (;;) {
+        char *h;
+        size_t hl, consumed;
+        int status;
+        int r = sg__proxy_rewrite_response(c->rhead + off, c->rhead_len - off, &h, &hl, &consumed,
+                                           &status);
+        if (r < 0) {
+            free(out);
+            if (out_len == 0) {
+                respond(c, 502, "the sandbox sent a malformed response");
+            } else {
+                conn_close(c);
+            }
+            return true;
+        }
+        if (r == 0)
+            break;
+        char *grown = realloc(out, out_len + hl);
+        if (grown == NULL) {
+            free(h);
+            free(out);
+            conn_close(c);
+            return true;
+        }
+        out = grown;
+        memcpy(out + out_len, h, hl);
+        out_len += hl;
+        free(h);
+        off += consumed;
+        if (status == 101 || status >= 200) {
+            c->resp_done = true;
+            break;
+        }
+    }
+    if (out_len == 0)
+        return true; /* need more of the head: keep reading */
+    /* Whatever follows the head(s) goes out with them; an unfinished 1xx tail keeps collecting. */
+    uv_buf_t bufs[2];
+    unsigned nb = 0;
+    free(c->rout);
+    c->rout = out;
+    bufs[nb++] = uv_buf_init(out, (unsigned)out_len);
+    if (c->resp_done) {
+        if (c->rhead_len > off)
+            bufs[nb++] = uv_buf_init(c->rhead + off, (unsigned)(c->rhead_len - off));
+        c->rhead_len = 0;
+    } else {
+        memmove(c->rhead, c->rhead + off, c->rhead_len - off);
+        c->rhead_len -= off;
+    }
+    uv_read_stop(d->src);
+    d->w.data = d;
+    if (uv_write(&d->w, d->dst, bufs, nb, on_dir_written) != 0)
+        conn_close(c);
+    return true;
+}
+
 static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     pconn_t *c = s->data;
     dir_t *d = dir_of(c, s);
     if (nread == 0)
         return;
+    if (nread > 0 && d == &c->u2c && !c->resp_done) {
+        response_head(c, d, b->base, (size_t)nread);
+        return;
+    }
     if (nread < 0) {
         uv_read_stop(s);
         if (nread != UV_EOF) {

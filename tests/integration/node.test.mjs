@@ -176,6 +176,21 @@ test('node proxy: port 8000 server reachable, 8001 502, unknown 404, token 401',
     await waitFor(async () => (await viaProxy(node, id, 8000, '/index.html')).status === 200);
     const ok = await viaProxy(node, id, 8000, '/index.html');
     assert.equal(ok.text, 'hello-from-8000\n');
+    // One request per connection: the response says so and the node closes the connection.
+    const raw = await new Promise((resolve, reject) => {
+      const sock = net.connect(7071, node.nodeIp);
+      let buf = '';
+      sock.setEncoding('latin1');
+      sock.on('data', (d) => { buf += d; });
+      sock.on('end', () => resolve(buf));
+      sock.on('error', reject);
+      sock.write(`GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n` +
+        `X-Sandgate-Node-Token: ${TOKEN}\r\nX-Sandgate-Sandbox-Id: ${id}\r\n` +
+        `X-Sandgate-Sandbox-Port: 8000\r\n\r\n`);
+    });
+    assert.match(raw, /^HTTP\/1\.[01] 200 /);
+    assert.match(raw, /\r\nConnection: close\r\n/);
+    assert.ok(raw.endsWith('hello-from-8000\n'));
     const closed = await viaProxy(node, id, 8001, '/');
     assert.equal(closed.status, 502);
     assert.deepEqual(JSON.parse(closed.text),

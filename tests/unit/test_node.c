@@ -206,6 +206,34 @@ static void test_node_proxy_head(void **state)
     free(h.out);
 }
 
+static void test_node_proxy_response(void **state)
+{
+    char *out;
+    size_t out_len, head_len;
+    int status;
+    const char *resp = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
+                       "Keep-Alive: timeout=5\r\n\r\nhello";
+    assert_int_equal(sg__proxy_rewrite_response(resp, strlen(resp), &out, &out_len, &head_len,
+                                                &status), 1);
+    assert_int_equal(status, 200);
+    assert_int_equal(head_len, strlen(resp) - 5);
+    char *o = strndup(out, out_len);
+    assert_string_equal(o, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n");
+    free(o);
+    free(out);
+    /* 101 passes unchanged (minus nothing) */
+    const char *up = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    assert_int_equal(sg__proxy_rewrite_response(up, strlen(up), &out, &out_len, &head_len, &status), 1);
+    assert_int_equal(status, 101);
+    o = strndup(out, out_len);
+    assert_string_equal(o, up);
+    free(o);
+    free(out);
+    assert_int_equal(sg__proxy_rewrite_response(resp, 10, &out, &out_len, &head_len, &status), 0);
+    assert_int_equal(sg__proxy_rewrite_response("NOT HTTP\r\n\r\n", 14, &out, &out_len, &head_len,
+                                                &status), -1);
+}
+
 static void test_node_hostport(void **state)
 {
     struct sockaddr_storage sa;
@@ -276,6 +304,7 @@ int main(void)
         cmocka_unit_test(test_node_create_req_invalid),
         cmocka_unit_test(test_node_addrpool),
         cmocka_unit_test(test_node_proxy_head),
+        cmocka_unit_test(test_node_proxy_response),
         cmocka_unit_test(test_node_hostport),
         cmocka_unit_test(test_node_oci_config),
     };
