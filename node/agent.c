@@ -161,9 +161,11 @@ void sg__node_alloc(const sg__node_t *n, int *vcpu, int *mem, int *count)
     }
 }
 
+/* docs/node-api.md knows "running" and "stopped" only: a sandbox still starting is listed as
+ * running (its create request is in flight, so the gateway must not reconcile it away). */
 static const char *state_name(sg__sbx_state_t st)
 {
-    return st == SBX_RUNNING ? "running" : st == SBX_CREATING ? "creating" : "stopped";
+    return st == SBX_RUNNING || st == SBX_CREATING ? "running" : "stopped";
 }
 
 json_t *sg__sbx_json(const sg__sbx_t *s)
