@@ -3,7 +3,7 @@
 // network namespace changes: `ip netns exec` would remount /sys and hide the cgroup mounts runc
 // needs), and a cleanup that removes everything even after a failed test.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, mkdirSync, symlinkSync, rmSync, existsSync, readFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, mkdirSync, symlinkSync, rmSync, existsSync, readFileSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -54,6 +54,14 @@ export async function waitFor(fn, timeoutMs = 10000, stepMs = 50) {
   throw new Error(`timed out waiting${last ? ': ' + last.message : ''}`);
 }
 
+// Worlds still open are torn down on exit and on SIGINT/SIGTERM too (every cleanup step is
+// synchronous for that reason).
+const live = new Set();
+process.on('exit', () => { for (const w of live) w.closeSync(); });
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => { for (const w of live) w.closeSync(); process.exit(130); });
+}
+
 let seq = 0;
 // One test world: Redis in the root namespace + any number of nodes in their own namespaces.
 export class World {
@@ -63,6 +71,7 @@ export class World {
     this.cleanups = [];
     this.nodes = [];
     this.b = 1 + Math.floor(Math.random() * 250); // second octet of the test's link subnets
+    live.add(this);
   }
 
   async startRedis() {
@@ -162,16 +171,23 @@ export class World {
   // Removes whatever a node left: containers, mounts, files (the namespace goes separately).
   cleanNode(node) {
     if (node.proc) { try { node.proc.kill('SIGKILL'); } catch {} }
+    // SG_NODE_LOG_DIR=<dir> keeps each agent's log for a look after the run.
+    if (process.env.SG_NODE_LOG_DIR) {
+      try { copyFileSync(node.log, join(process.env.SG_NODE_LOG_DIR, `${this.tag}-${node.name}.log`)); } catch {}
+    }
     const root = join(node.state, 'runc');
     const list = trySh('runc', ['--root', root, 'list', '-q']);
     for (const id of (list || '').split('\n').filter(Boolean)) trySh('runc', ['--root', root, 'delete', '-f', id]);
     for (const m of mountsUnder(node.state)) trySh('umount', ['-l', m]);
   }
 
-  async close() {
-    for (const f of this.cleanups.reverse()) { try { await f(); } catch {} }
+  closeSync() {
+    live.delete(this);
+    for (const f of this.cleanups.splice(0).reverse()) { try { f(); } catch {} }
     rmSync(this.dir, { recursive: true, force: true });
   }
+
+  async close() { this.closeSync(); }
 }
 
 export function mountsUnder(prefix) {
