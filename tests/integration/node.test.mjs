@@ -44,6 +44,10 @@ after(async () => { if (w) await w.close(); });
 
 const opts = { skip: why || false, timeout: 120000 };
 
+function execFileSyncUser(n, id, args) {
+  return sh('runc', ['--root', join(n.state, 'runc'), 'exec', '--user', '1000:1000', '--cwd', '/home/user', id, ...args]);
+}
+
 async function create(over) {
   const body = createBody(over);
   const r = await api(node, 'POST', '/v1/sandboxes', body);
@@ -123,6 +127,15 @@ test('sandbox: own hostname, processes, rootfs, env; token file consumed', opts,
     assert.notEqual(execInStatus(node, id, ['test', '-e', '/run/sandgate/envd-token']).code, 0);
     assert.doesNotMatch(execIn(node, id, ['sh', '-c', 'cat /proc/1/environ | tr "\\0" "\\n"; env']),
       /secret-envd-token/);
+    // user (uid 1000) has passwordless sudo (so no no_new_privileges); no namespaces, raw
+    // sockets or mounts for anyone (seccomp, capabilities).
+    assert.equal(execFileSyncUser(node, id, ['id', '-u']).trim(), '1000');
+    assert.equal(execFileSyncUser(node, id, ['sudo', '-n', 'id', '-u']).trim(), '0');
+    assert.notEqual(execInStatus(node, id, ['unshare', '-U', 'true']).code, 0);
+    assert.notEqual(execInStatus(node, id, ['python3', '-c',
+      'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)']).code, 0);
+    assert.notEqual(execInStatus(node, id, ['mount', '-t', 'tmpfs', 'x', '/mnt']).code, 0);
+    assert.match(execIn(node, id, ['grep', 'Seccomp:', '/proc/1/status']), /Seccomp:\s+2/);
     const one = await api(node, 'GET', `/v1/sandboxes/${id}`);
     assert.equal(one.status, 200);
     assert.equal(one.json.state, 'running');
