@@ -3,7 +3,7 @@
 // network namespace changes: `ip netns exec` would remount /sys and hide the cgroup mounts runc
 // needs), and a cleanup that removes everything even after a failed test.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, mkdirSync, symlinkSync, rmSync, existsSync, readFileSync, copyFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, mkdirSync, symlinkSync, rmSync, existsSync, readFileSync, copyFileSync, readdirSync, rmdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -179,6 +179,12 @@ export class World {
     const list = trySh('runc', ['--root', root, 'list', '-q']);
     for (const id of (list || '').split('\n').filter(Boolean)) trySh('runc', ['--root', root, 'delete', '-f', id]);
     for (const m of mountsUnder(node.state)) trySh('umount', ['-l', m]);
+    // runc leaves the (then empty) parent cgroups /sandgate/<node id> in every hierarchy.
+    for (const h of readdirSync('/sys/fs/cgroup')) {
+      for (const d of [`/sys/fs/cgroup/${h}/sandgate/${node.name}`, `/sys/fs/cgroup/${h}/sandgate`]) {
+        try { rmdirSync(d); } catch {}
+      }
+    }
   }
 
   closeSync() {
