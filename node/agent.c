@@ -8,9 +8,9 @@
  * resource is taken, so a restart finds everything an interrupted create left behind and the
  * address allocation survives restarts (rebuilt from the meta files).
  *
- * Create: mkdirs/meta/upper files/overlay/config.json (small local file writes) -> runtime
- * create -> veth into the new netns (netlink) -> egress set (nft, only with internet) ->
- * runtime start -> poll envd GET /health -> 201. Any failure deletes what was taken. Delete:
+ * Create: folders/meta/upper files/overlay/config.json on the thread pool -> runtime run (create
+ * + start in one runc process) -> veth into the new netns (netlink) -> egress set (nft, only with
+ * internet) -> poll envd GET /health -> 201. Any failure deletes what was taken. Delete:
  * runtime delete -> veth -> egress set -> unmount and remove files on the thread pool -> free
  * the address. The agent is a child subreaper: container inits left by `runc create` become its
  * children; a SIGCHLD sweep reaps every zombie child that is not a libuv process handle's.
@@ -53,6 +53,12 @@ typedef struct sg__create_op {
     bool healthy;
     int delay_ms;
     int log_fd;
+    /* file preparation on the thread pool */
+    uv_work_t work;
+    char *config; /* config.json text, built on the loop (jansson objects stay on one thread) */
+    char *token;  /* envd access token, wiped and freed once written */
+    const char *why;
+    int prep_status;
 } create_op_t;
 
 static void sbx_delete_step(sg__sbx_t *s);
@@ -243,7 +249,7 @@ static void set_addr(sg__node_t *n, sg__sbx_t *s, uint32_t idx)
     snprintf(s->veth, sizeof(s->veth), "sgv%x", idx);
 }
 
-static int mount_rootfs(sg__node_t *n, sg__sbx_t *s)
+static int mount_rootfs(sg__node_t *n, sg__sbx_t *s) /* thread pool */
 {
     char lower[4096], upper[4096], work[4096], root[4096], opts[12400];
     snprintf(lower, sizeof(lower), "%s/%s/rootfs", n->templates_dir, s->tmpl);
@@ -492,46 +498,71 @@ static void on_rt_created(void *data, int status, const char *err)
     after_net(op);
 }
 
-/* Takes the files, mount and bundle; on error the caller deletes the sandbox. */
-static int create_prepare(sg__node_t *n, sg__sbx_t *s, sg__create_req_t *req, create_op_t *op,
-                          const char **why)
+/* Thread pool: the sandbox's folders, meta.json, upper-layer files, overlay mount, config.json and
+ * console.log (local file system work kept off the loop). Touches only s's immutable fields. */
+static void prep_work(uv_work_t *w)
 {
+    create_op_t *op = w->data;
+    sg__sbx_t *s = op->s;
     char p[4096];
-    *why = "cannot prepare the sandbox's files";
-    if (mkdir_p(s->dir, 0700) != 0)
-        return SG_EIO;
-    if (write_meta(s) != 0)
-        return SG_EIO;
+    op->prep_status = SG_EIO;
+    op->why = "cannot prepare the sandbox's files";
+    if (mkdir_p(s->dir, 0700) != 0 || write_meta(s) != 0)
+        return;
     snprintf(p, sizeof(p), "%s/upper", s->dir);
-    if (mkdir(p, 0755) != 0 && errno != EEXIST)
-        return SG_EIO;
-    if (sg__oci_prepare_upper(s, p, req->token) != 0)
-        return SG_EIO;
+    if ((mkdir(p, 0755) != 0 && errno != EEXIST) || sg__oci_prepare_upper(s, p, op->token) != 0)
+        return;
     snprintf(p, sizeof(p), "%s/work", s->dir);
     if (mkdir(p, 0700) != 0 && errno != EEXIST)
-        return SG_EIO;
+        return;
     snprintf(p, sizeof(p), "%s/rootfs", s->dir);
     if (mkdir(p, 0755) != 0 && errno != EEXIST)
-        return SG_EIO;
-    *why = "cannot mount the sandbox's root filesystem";
-    if (mount_rootfs(n, s) != 0)
-        return SG_EIO;
-    *why = "cannot write the OCI bundle";
-    json_t *cfg = sg__oci_config(n, s, req->env, req->token != NULL);
+        return;
+    op->why = "cannot mount the sandbox's root filesystem";
+    if (mount_rootfs(op->n, s) != 0)
+        return;
+    op->why = "cannot write the OCI bundle";
     snprintf(p, sizeof(p), "%s/config.json", s->dir);
-    int r = cfg ? json_dump_file(cfg, p, JSON_COMPACT) : -1;
-    json_decref(cfg);
-    if (r != 0)
-        return SG_EIO;
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    size_t len = strlen(op->config);
+    bool ok = fd >= 0 && write(fd, op->config, len) == (ssize_t)len;
+    if (fd >= 0)
+        close(fd);
+    if (!ok)
+        return;
     snprintf(p, sizeof(p), "%s/console.log", s->dir);
     op->log_fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    op->prep_status = 0;
+}
+
+static void prep_done(uv_work_t *w, int status)
+{
+    create_op_t *op = w->data;
+    sg__sbx_t *s = op->s;
+    sg__node_t *n = op->n;
+    if (op->token != NULL) {
+        explicit_bzero(op->token, strlen(op->token));
+        free(op->token);
+        op->token = NULL;
+    }
+    free(op->config);
+    op->config = NULL;
+    if (status != 0 || op->prep_status != 0) {
+        create_fail(op, 500, status != 0 ? "sandbox preparation canceled" : op->why);
+        return;
+    }
+    if (s->delete_requested) {
+        create_fail(op, 500, "sandbox deleted while starting");
+        return;
+    }
     char pidfile[4096];
     snprintf(pidfile, sizeof(pidfile), "%s/init.pid", s->dir);
-    *why = "runtime create failed";
     op->t_prep = sg_mono_ns();
-    if (n->rt->run != NULL)
-        return n->rt->run(n->rt, s->id, s->dir, pidfile, op->log_fd, on_rt_created, op);
-    return n->rt->create(n->rt, s->id, s->dir, pidfile, op->log_fd, on_rt_created, op);
+    int r = n->rt->run != NULL
+                ? n->rt->run(n->rt, s->id, s->dir, pidfile, op->log_fd, on_rt_created, op)
+                : n->rt->create(n->rt, s->id, s->dir, pidfile, op->log_fd, on_rt_created, op);
+    if (r != 0)
+        create_fail(op, 500, "runtime create failed");
 }
 
 int sg__sbx_create(sg__node_t *n, sg__create_req_t *req, sg__create_done_cb cb, void *data,
@@ -596,16 +627,21 @@ int sg__sbx_create(sg__node_t *n, sg__create_req_t *req, sg__create_done_cb cb, 
     op->log_fd = -1;
     uv_timer_init(n->loop, &op->timer);
     op->timer.data = op;
-    const char *why;
-    if (create_prepare(n, s, req, op, &why) != 0) {
+    json_t *cfg = sg__oci_config(n, s, req->env, req->token != NULL);
+    op->config = cfg ? json_dumps(cfg, JSON_COMPACT) : NULL;
+    json_decref(cfg);
+    op->token = req->token ? strdup(req->token) : NULL;
+    op->work.data = op;
+    if (op->config == NULL || (req->token && op->token == NULL) ||
+        uv_queue_work(n->loop, &op->work, prep_work, prep_done) != 0) {
+        free(op->config);
+        free(op->token);
         s->op = NULL;
-        if (op->log_fd >= 0)
-            close(op->log_fd);
         uv_close((uv_handle_t *)&op->timer, on_op_timer_closed);
         s->state = SBX_STOPPED;
         sg__sbx_delete(n, s);
         *status = 500;
-        snprintf(err, errlen, "%s", why);
+        snprintf(err, errlen, "cannot prepare the sandbox");
         return SG_EIO;
     }
     return 0;

@@ -19,7 +19,10 @@ typedef struct sg__registry {
     uv_timer_t timer;
     sg_redis_cmd_t *exec; /* the unanswered EXEC, NULL = none */
     bool logged_down;
+    int failures; /* heartbeats in a row without an answer */
 } reg_t;
+
+#define RECREATE_AFTER 3
 
 static void on_queued(sg_redis_t *redis, redisReply *reply, void *data) {}
 
@@ -27,6 +30,7 @@ static void on_exec(sg_redis_t *redis, redisReply *reply, void *data)
 {
     reg_t *r = data;
     r->exec = NULL;
+    r->failures = reply == NULL ? r->failures + 1 : 0;
     if (reply == NULL) {
         if (!r->logged_down)
             sg_log(SG_LOG_WARN, "redis heartbeat failed (unreachable); sandboxes keep running");
@@ -107,12 +111,32 @@ static void heartbeat(reg_t *r)
     free(idss);
 }
 
+static reg_t *reg_client(reg_t *r)
+{
+    const sg_config_redis_t *c = &r->n->cfg->redis;
+    r->redis = sg_redis_new(r->n->loop, c->address,
+                            c->password && *c->password ? c->password : NULL, c->db,
+                            c->timeout_ms > 0 ? c->timeout_ms : 1000);
+    return r->redis ? r : NULL;
+}
+
 static void on_timer(uv_timer_t *t)
 {
     reg_t *r = t->data;
+    /* A connection that died by a reset can look alive to the client (hiredis's libuv adapter
+     * drops poll errors) while every command times out: start over with a fresh client. */
+    if (r->failures >= RECREATE_AFTER && r->exec == NULL) {
+        sg_log(SG_LOG_WARN, "redis heartbeats keep failing; reconnecting");
+        sg_redis_free(r->redis);
+        r->failures = 0;
+        if (reg_client(r) == NULL)
+            return;
+    }
     /* One heartbeat at a time; the client's command timeout bounds how long one can hang. */
-    if (r->exec == NULL)
+    if (r->exec == NULL && r->redis != NULL)
         heartbeat(r);
+    else if (r->redis == NULL)
+        reg_client(r);
 }
 
 int sg__registry_start(sg__node_t *n)
@@ -122,10 +146,7 @@ int sg__registry_start(sg__node_t *n)
         return SG_ENOMEM;
     n->reg = r;
     r->n = n;
-    const sg_config_redis_t *c = &n->cfg->redis;
-    r->redis = sg_redis_new(n->loop, c->address, c->password && *c->password ? c->password : NULL,
-                            c->db, c->timeout_ms > 0 ? c->timeout_ms : 1000);
-    if (r->redis == NULL)
+    if (reg_client(r) == NULL)
         return SG_ENOMEM;
     uv_timer_init(n->loop, &r->timer);
     r->timer.data = r;
