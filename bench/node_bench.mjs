@@ -60,6 +60,7 @@ try {
     const s = await createTimed(node);
     seq.push(s.ms);
     await api(node, 'DELETE', `/v1/sandboxes/${s.id}`);
+    await waitFor(() => readdirSync(`${node.state}/sandboxes`).length === 0, 30000);
   }
   console.log(`start latency, 1 concurrent:  ${fmt(seq)}`);
 
@@ -68,7 +69,8 @@ try {
     const got = await Promise.all(Array.from({ length: 10 }, () => createTimed(node)));
     for (const g of got) conc.push(g.ms);
     await Promise.all(got.map((g) => api(node, 'DELETE', `/v1/sandboxes/${g.id}`)));
-    await sleep(300);
+    // Teardown runs in the background: let it finish so each round starts from the same state.
+    await waitFor(() => readdirSync(`${node.state}/sandboxes`).length === 0, 30000);
   }
   console.log(`start latency, 10 concurrent: ${fmt(conc)}`);
 

@@ -40,7 +40,9 @@ typedef struct runc {
     char *root;
     int devnull;
     op_t *ops;               /* running */
-    op_t *queue, *queue_tail; /* waiting for a slot (FIFO, linked through next) */
+    /* waiting for a slot, FIFO each, linked through next: [0] starts (a client waits on them),
+     * [1] teardown (nobody waits; it must not delay a start) */
+    op_t *queue[2], *queue_tail[2];
     int running, max_running;
 } runc_t;
 
@@ -120,18 +122,22 @@ static void do_spawn(runc_t *rc, op_t *o)
 
 static void start_queued(runc_t *rc)
 {
-    while (rc->queue != NULL && rc->running < rc->max_running) {
-        op_t *o = rc->queue;
-        rc->queue = o->next;
-        if (rc->queue == NULL)
-            rc->queue_tail = NULL;
+    while (rc->running < rc->max_running) {
+        int q = rc->queue[0] != NULL ? 0 : 1;
+        op_t *o = rc->queue[q];
+        if (o == NULL)
+            return;
+        rc->queue[q] = o->next;
+        if (rc->queue[q] == NULL)
+            rc->queue_tail[q] = NULL;
         do_spawn(rc, o);
     }
 }
 
 /* runc is a Go program costing ~50 ms of CPU per start on this machine kind: run at most one
  * per CPU at a time. With more, every start shares the CPUs and all of a burst finish late;
- * first-come first-served finishes most of them much sooner (same total work). */
+ * first-come first-served finishes most of them much sooner (same total work). Teardown waits
+ * behind starts. */
 static int spawn_op(runc_t *rc, const char *what, char **args, int out_fd, sg__rt_cb cb,
                     void *data)
 {
@@ -156,11 +162,12 @@ static int spawn_op(runc_t *rc, const char *what, char **args, int out_fd, sg__r
     o->what = what;
     o->args = copy;
     o->out_fd = out_fd;
-    if (rc->queue_tail)
-        rc->queue_tail->next = o;
+    int q = strcmp(what, "delete") == 0 || strcmp(what, "kill") == 0;
+    if (rc->queue_tail[q])
+        rc->queue_tail[q]->next = o;
     else
-        rc->queue = o;
-    rc->queue_tail = o;
+        rc->queue[q] = o;
+    rc->queue_tail[q] = o;
     /* Never inside the call: the spawn itself may run now, but its callback only on exit. */
     start_queued(rc);
     return 0;
