@@ -99,10 +99,8 @@ static void on_internal_reply(redisAsyncContext *ac, void *reply, void *priv)
         sg_log(SG_LOG_ERROR, "redis setup command failed", SG_LS("error", rep->str));
 }
 
-static void on_retry(uv_timer_t *t)
-{
-    connect_now(t->data);
-}
+/* A timer callback gets the timer, not the client: the client is its data. */
+static void on_retry(uv_timer_t *t) { connect_now(t->data); }
 
 static void schedule_retry(sg_redis_t *r)
 {
@@ -112,9 +110,25 @@ static void schedule_retry(sg_redis_t *r)
     r->backoff_ms = r->backoff_ms * 2 > 2000 ? 2000 : r->backoff_ms * 2;
 }
 
+/* hiredis 0.14's libuv adapter ignores a poll error, so a refused connect is never reported:
+ * a connect that has not completed within the command timeout is dropped and retried. */
+static void on_connect_timeout(uv_timer_t *t)
+{
+    sg_redis_t *r = t->data;
+    if (r->ac == NULL || (r->ac->c.flags & REDIS_CONNECTED))
+        return;
+    sg_log(SG_LOG_WARN, "redis connect timed out", SG_LS("host", r->unix_path ? r->unix_path : r->host));
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    r->ready = false;
+    redisAsyncFree(ac); /* pending commands get their NULL reply */
+    schedule_retry(r);
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     sg_redis_t *r = ac->data;
+    uv_timer_stop(&r->retry);
     if (status != REDIS_OK) {
         sg_log(SG_LOG_WARN, "redis connect failed", SG_LS("error", ac->errstr));
         r->ac = NULL; /* hiredis frees the context after this callback */
@@ -156,6 +170,7 @@ static void start_context(sg_redis_t *r, const char *ip)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     r->ac = ac;
+    uv_timer_start(&r->retry, on_connect_timeout, (uint64_t)r->timeout_ms, 0);
     /* Queued now, sent first once connected: every command after them sees AUTH and SELECT done. */
     if (r->password) {
         const char *argv[] = {"AUTH", r->password};

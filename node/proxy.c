@@ -1,0 +1,447 @@
+/*
+ * The node proxy (docs/node-api.md "Node proxy"): a small HTTP/1.1 relay on libuv instead of
+ * h2o's built-in proxy, because h2o 2.2.5 spools a slow client's whole response to /tmp.
+ *
+ * Per connection: read the request head (at most 64 KiB, 10 s), check the node token in constant
+ * time, resolve X-Sandgate-Sandbox-Id/-Port, connect to <sandbox address>:<port> (5 s), send the
+ * head without the three X-Sandgate headers, then relay bytes both ways. Each direction has one
+ * 64 KiB buffer and stops reading its source while a write to the other side is pending, so a slow
+ * reader pauses the sender through TCP backpressure: memory per connection is bounded (~130 KiB).
+ * WebSocket upgrades are just the same relay. One connection carries exactly one request (the next
+ * request on a gateway connection could be for another sandbox): the request goes upstream with
+ * "Connection: close" and the response head comes back with "Connection: close" (rewritten here,
+ * so a client never reuses the connection even when the sandbox's server would keep it alive).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "common/common.h"
+#include "node/internal.h"
+
+#define HEAD_MAX (64 * 1024)
+#define BUF_SIZE (64 * 1024)
+#define HEADER_TIMEOUT_MS 10000
+#define CONNECT_TIMEOUT_MS 5000
+
+typedef struct sg__proxy {
+    uv_tcp_t listener;
+    sg__node_t *n;
+    int nconns;
+} proxy_t;
+
+typedef struct pconn pconn_t;
+typedef struct {
+    pconn_t *c;
+    uv_stream_t *src, *dst;
+    char buf[BUF_SIZE];
+    uv_write_t w;
+    uv_shutdown_t sh;
+    bool eof;
+} dir_t;
+
+struct pconn {
+    proxy_t *px;
+    uv_tcp_t client, upstream;
+    uv_timer_t timer;
+    uv_connect_t connreq;
+    uv_write_t w;
+    char *head;
+    size_t head_len;
+    char *resp; /* error response or rewritten head being written */
+    int port;
+    bool upstream_init, closing, relaying;
+    bool resp_done;  /* the response head went out (rewritten); the rest is relayed as is */
+    char *rhead;     /* response head being collected (HEAD_MAX) */
+    size_t rhead_len;
+    char *rout;      /* rewritten response head(s) being written */
+    int open_handles;
+    dir_t c2u, u2c;
+};
+
+static void conn_close(pconn_t *c);
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    pconn_t *c = h->data;
+    if (--c->open_handles == 0) {
+        c->px->nconns--;
+        free(c->head);
+        free(c->resp);
+        free(c->rhead);
+        free(c->rout);
+        free(c);
+    }
+}
+
+static void conn_close(pconn_t *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    uv_close((uv_handle_t *)&c->client, on_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    if (c->upstream_init)
+        uv_close((uv_handle_t *)&c->upstream, on_handle_closed);
+}
+
+static void on_resp_written(uv_write_t *w, int status) { conn_close(w->data); }
+
+static void respond(pconn_t *c, int status, const char *message)
+{
+    uv_read_stop((uv_stream_t *)&c->client);
+    if (c->upstream_init)
+        uv_read_stop((uv_stream_t *)&c->upstream);
+    json_t *o = json_pack("{s:i,s:s}", "code", status, "message", message);
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    size_t bl = body ? strlen(body) : 0;
+    free(c->resp);
+    c->resp = malloc(bl + 256);
+    if (c->resp == NULL) {
+        free(body);
+        conn_close(c);
+        return;
+    }
+    int n;
+    if (status == 204)
+        n = snprintf(c->resp, 256, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+    else
+        n = snprintf(c->resp, bl + 256,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n%s",
+                     status, sg_http_reason(status), bl, body ? body : "");
+    free(body);
+    uv_buf_t b = uv_buf_init(c->resp, (unsigned)n);
+    c->w.data = c;
+    if (uv_write(&c->w, (uv_stream_t *)&c->client, &b, 1, on_resp_written) != 0)
+        conn_close(c);
+}
+
+/* ---- relay ------------------------------------------------------------------------------------ */
+
+static void on_dir_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b);
+static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
+
+static void maybe_done(pconn_t *c)
+{
+    if (c->c2u.eof && c->u2c.eof)
+        conn_close(c);
+}
+
+static void on_shutdown(uv_shutdown_t *sh, int status) { maybe_done(sh->data); }
+
+static void on_dir_written(uv_write_t *w, int status)
+{
+    dir_t *d = w->data;
+    if (d->c->closing)
+        return;
+    if (status != 0) {
+        conn_close(d->c);
+        return;
+    }
+    if (uv_read_start(d->src, on_dir_alloc, on_dir_read) != 0)
+        conn_close(d->c);
+}
+
+static dir_t *dir_of(pconn_t *c, uv_stream_t *src)
+{
+    return src == (uv_stream_t *)&c->client ? &c->c2u : &c->u2c;
+}
+
+static void on_dir_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
+{
+    dir_t *d = dir_of(h->data, (uv_stream_t *)h);
+    *b = uv_buf_init(d->buf, BUF_SIZE);
+}
+
+/* Collects the upstream's response head and sends it rewritten (see sg__proxy_rewrite_response);
+ * 1xx heads other than 101 pass first. Returns true when it consumed the bytes. */
+static bool response_head(pconn_t *c, dir_t *d, const char *data, size_t len)
+{
+    if (c->rhead == NULL && (c->rhead = malloc(HEAD_MAX)) == NULL) {
+        conn_close(c);
+        return true;
+    }
+    if (len > HEAD_MAX - c->rhead_len) {
+        respond(c, 502, "the sandbox sent a response head that is too large");
+        return true;
+    }
+    memcpy(c->rhead + c->rhead_len, data, len);
+    c->rhead_len += len;
+    size_t off = 0, out_len = 0;
+    char *out = NULL;
+    for (;;) {
+        char *h;
+        size_t hl, consumed;
+        int status;
+        int r = sg__proxy_rewrite_response(c->rhead + off, c->rhead_len - off, &h, &hl, &consumed,
+                                           &status);
+        if (r < 0) {
+            free(out);
+            if (out_len == 0) {
+                respond(c, 502, "the sandbox sent a malformed response");
+            } else {
+                conn_close(c);
+            }
+            return true;
+        }
+        if (r == 0)
+            break;
+        char *grown = realloc(out, out_len + hl);
+        if (grown == NULL) {
+            free(h);
+            free(out);
+            conn_close(c);
+            return true;
+        }
+        out = grown;
+        memcpy(out + out_len, h, hl);
+        out_len += hl;
+        free(h);
+        off += consumed;
+        if (status == 101 || status >= 200) {
+            c->resp_done = true;
+            break;
+        }
+    }
+    if (out_len == 0)
+        return true; /* need more of the head: keep reading */
+    /* Whatever follows the head(s) goes out with them; an unfinished 1xx tail keeps collecting. */
+    uv_buf_t bufs[2];
+    unsigned nb = 0;
+    free(c->rout);
+    c->rout = out;
+    bufs[nb++] = uv_buf_init(out, (unsigned)out_len);
+    if (c->resp_done) {
+        if (c->rhead_len > off)
+            bufs[nb++] = uv_buf_init(c->rhead + off, (unsigned)(c->rhead_len - off));
+        c->rhead_len = 0;
+    } else {
+        memmove(c->rhead, c->rhead + off, c->rhead_len - off);
+        c->rhead_len -= off;
+    }
+    uv_read_stop(d->src);
+    d->w.data = d;
+    if (uv_write(&d->w, d->dst, bufs, nb, on_dir_written) != 0)
+        conn_close(c);
+    return true;
+}
+
+static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    pconn_t *c = s->data;
+    dir_t *d = dir_of(c, s);
+    if (nread == 0)
+        return;
+    if (nread > 0 && d == &c->u2c && !c->resp_done) {
+        response_head(c, d, b->base, (size_t)nread);
+        return;
+    }
+    if (nread < 0) {
+        uv_read_stop(s);
+        if (nread != UV_EOF) {
+            conn_close(c);
+            return;
+        }
+        d->eof = true;
+        d->sh.data = c;
+        if (uv_shutdown(&d->sh, d->dst, on_shutdown) != 0)
+            maybe_done(c);
+        return;
+    }
+    /* Backpressure: no more reads from this side until the other side took these bytes. */
+    uv_read_stop(s);
+    uv_buf_t out = uv_buf_init(d->buf, (unsigned)nread);
+    d->w.data = d;
+    if (uv_write(&d->w, d->dst, &out, 1, on_dir_written) != 0)
+        conn_close(c);
+}
+
+static void start_relay(pconn_t *c)
+{
+    c->relaying = true;
+    c->c2u = (dir_t){.c = c, .src = (uv_stream_t *)&c->client, .dst = (uv_stream_t *)&c->upstream};
+    c->u2c = (dir_t){.c = c, .src = (uv_stream_t *)&c->upstream, .dst = (uv_stream_t *)&c->client};
+    if (uv_read_start((uv_stream_t *)&c->client, on_dir_alloc, on_dir_read) != 0 ||
+        uv_read_start((uv_stream_t *)&c->upstream, on_dir_alloc, on_dir_read) != 0)
+        conn_close(c);
+}
+
+static void on_head_sent(uv_write_t *w, int status)
+{
+    pconn_t *c = w->data;
+    if (c->closing)
+        return;
+    if (status != 0) {
+        conn_close(c);
+        return;
+    }
+    start_relay(c);
+}
+
+static void on_upstream_connect(uv_connect_t *req, int status)
+{
+    pconn_t *c = req->data;
+    if (c->closing)
+        return;
+    uv_timer_stop(&c->timer);
+    if (status != 0) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "The sandbox is running but port %d is not open", c->port);
+        respond(c, 502, msg);
+        return;
+    }
+    /* c->resp holds the rewritten head; bytes already read past the head follow it. */
+    uv_buf_t bufs[2] = {uv_buf_init(c->resp, (unsigned)strlen(c->resp)),
+                        uv_buf_init(c->head, (unsigned)c->head_len)};
+    c->w.data = c;
+    if (uv_write(&c->w, (uv_stream_t *)&c->upstream, bufs, c->head_len ? 2 : 1, on_head_sent) != 0)
+        conn_close(c);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    pconn_t *c = t->data;
+    if (c->upstream_init && !c->relaying) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "The sandbox is running but port %d is not open", c->port);
+        respond(c, 502, msg);
+        return;
+    }
+    conn_close(c); /* slow request head */
+}
+
+static void on_head_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
+{
+    pconn_t *c = h->data;
+    *b = uv_buf_init(c->head + c->head_len, (unsigned)(HEAD_MAX - c->head_len));
+}
+
+static void on_head_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    pconn_t *c = s->data;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    c->head_len += (size_t)nread;
+    sg__proxy_head_t h;
+    int r = sg__proxy_parse_head(c->head, c->head_len, c->px->n->cfg->node_token, &h);
+    if (r == 0) {
+        if (c->head_len >= HEAD_MAX)
+            respond(c, 431, "request head too large");
+        return;
+    }
+    uv_read_stop(s);
+    if (h.health) {
+        respond(c, 204, "");
+        return;
+    }
+    if (r < 0 || h.status != 0) {
+        respond(c, h.status ? h.status : 400, h.message ? h.message : "malformed request");
+        free(h.out);
+        return;
+    }
+    sg__sbx_t *sb = sg__node_find(c->px->n, h.sandbox, strlen(h.sandbox));
+    if (sb == NULL) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "sandbox \"%s\" not found", h.sandbox);
+        respond(c, 404, msg);
+        free(h.out);
+        return;
+    }
+    c->port = h.port;
+    if (sb->state != SBX_RUNNING) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "The sandbox is running but port %d is not open", c->port);
+        respond(c, 502, msg);
+        free(h.out);
+        return;
+    }
+    /* Keep the rewritten head (NUL-terminated) and move the bytes after the head down. */
+    free(c->resp);
+    c->resp = malloc(h.out_len + 1);
+    if (c->resp == NULL) {
+        free(h.out);
+        conn_close(c);
+        return;
+    }
+    memcpy(c->resp, h.out, h.out_len);
+    c->resp[h.out_len] = '\0';
+    free(h.out);
+    memmove(c->head, c->head + h.head_len, c->head_len - h.head_len);
+    c->head_len -= h.head_len;
+
+    struct sockaddr_in sa;
+    uv_ip4_addr(sb->addr, c->port, &sa);
+    uv_tcp_init(s->loop, &c->upstream);
+    c->upstream.data = c;
+    c->upstream_init = true;
+    c->open_handles++;
+    uv_tcp_nodelay(&c->upstream, 1);
+    c->connreq.data = c;
+    uv_timer_start(&c->timer, on_timeout, CONNECT_TIMEOUT_MS, 0);
+    if (uv_tcp_connect(&c->connreq, &c->upstream, (struct sockaddr *)&sa, on_upstream_connect) != 0) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "The sandbox is running but port %d is not open", c->port);
+        respond(c, 502, msg);
+    }
+}
+
+static void on_accept(uv_stream_t *l, int status)
+{
+    proxy_t *px = l->data;
+    if (status != 0)
+        return;
+    pconn_t *c = calloc(1, sizeof(*c));
+    char *head = malloc(HEAD_MAX);
+    if (c == NULL || head == NULL) {
+        free(c);
+        free(head);
+        return;
+    }
+    c->px = px;
+    c->head = head;
+    uv_tcp_init(l->loop, &c->client);
+    uv_timer_init(l->loop, &c->timer);
+    c->client.data = c;
+    c->timer.data = c;
+    c->open_handles = 2;
+    px->nconns++;
+    if (uv_accept(l, (uv_stream_t *)&c->client) != 0) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->client, 1);
+    uv_timer_start(&c->timer, on_timeout, HEADER_TIMEOUT_MS, 0);
+    if (uv_read_start((uv_stream_t *)&c->client, on_head_alloc, on_head_read) != 0)
+        conn_close(c);
+}
+
+int sg__proxy_start(sg__node_t *n)
+{
+    proxy_t *px = calloc(1, sizeof(*px));
+    if (px == NULL)
+        return SG_ENOMEM;
+    n->proxy = px;
+    px->n = n;
+    struct sockaddr_storage sa;
+    if (sg__parse_hostport(n->cfg->proxy_listen, &sa) != 0) {
+        sg_log(SG_LOG_ERROR, "proxy_listen must be addr:port",
+               SG_LS("proxy_listen", n->cfg->proxy_listen));
+        return SG_EINVAL;
+    }
+    uv_tcp_init(n->loop, &px->listener);
+    px->listener.data = px;
+    int r;
+    if ((r = uv_tcp_bind(&px->listener, (struct sockaddr *)&sa, 0)) != 0 ||
+        (r = uv_listen((uv_stream_t *)&px->listener, 1024, on_accept)) != 0) {
+        sg_log(SG_LOG_ERROR, "node proxy listen failed", SG_LS("addr", n->cfg->proxy_listen),
+               SG_LS("err", uv_strerror(r)));
+        return SG_EIO;
+    }
+    return 0;
+}
+
+void sg__proxy_stop(sg__node_t *n) { (void)n; }

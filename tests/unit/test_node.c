@@ -1,0 +1,312 @@
+/* Unit tests of the node agent's pure parts: create-request validation, the address pool, the
+ * proxy's request-head rewrite, host:port parsing and the OCI config. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include "common/common.h"
+#include "node/internal.h"
+
+#define TOK "node-token-0123456789"
+
+static int parse(const char *body, sg__create_req_t *r, char *err)
+{
+    return sg__create_req_parse(body, strlen(body), r, err, 256);
+}
+
+static void test_node_create_req_valid(void **state)
+{
+    sg__create_req_t r;
+    char err[256];
+    assert_int_equal(parse("{\"sandboxID\":\"abc123\",\"teamID\":\"t\",\"templateID\":\"base\","
+                           "\"vcpu\":2,\"memoryMB\":512,\"diskMB\":1024,\"envVars\":{\"A\":\"1\"},"
+                           "\"metadata\":{\"k\":\"v\"},\"endAtMs\":1764139200000,"
+                           "\"envdAccessToken\":\"tok\",\"allowInternetAccess\":false}",
+                           &r, err),
+                     0);
+    assert_string_equal(r.id, "abc123");
+    assert_string_equal(r.tmpl, "base");
+    assert_int_equal(r.vcpu, 2);
+    assert_int_equal(r.memory_mb, 512);
+    assert_int_equal(r.disk_mb, 1024);
+    assert_true(r.end_ms == 1764139200000LL);
+    assert_string_equal(r.token, "tok");
+    assert_false(r.internet);
+    assert_string_equal(json_string_value(json_object_get(r.env, "A")), "1");
+    sg__create_req_clear(&r);
+    /* null token, missing optional fields */
+    assert_int_equal(parse("{\"sandboxID\":\"x\",\"templateID\":\"b-1_X\",\"vcpu\":1,"
+                           "\"memoryMB\":64,\"endAtMs\":1,\"envdAccessToken\":null}", &r, err),
+                     0);
+    assert_null(r.token);
+    assert_true(r.internet);
+    assert_int_equal(json_object_size(r.env), 0);
+    sg__create_req_clear(&r);
+}
+
+static void test_node_create_req_invalid(void **state)
+{
+    static const char *bad[] = {
+        "",
+        "[]",
+        "{\"sandboxID\":\"ABC\",\"templateID\":\"base\",\"vcpu\":1,\"memoryMB\":64,\"endAtMs\":1}",
+        "{\"sandboxID\":\"a/b\",\"templateID\":\"base\",\"vcpu\":1,\"memoryMB\":64,\"endAtMs\":1}",
+        "{\"sandboxID\":\"abc\",\"templateID\":\"../x\",\"vcpu\":1,\"memoryMB\":64,\"endAtMs\":1}",
+        "{\"sandboxID\":\"abc\",\"templateID\":\"base\",\"vcpu\":0,\"memoryMB\":64,\"endAtMs\":1}",
+        "{\"sandboxID\":\"abc\",\"templateID\":\"base\",\"vcpu\":65,\"memoryMB\":64,\"endAtMs\":1}",
+        "{\"sandboxID\":\"abc\",\"templateID\":\"base\",\"vcpu\":1,\"memoryMB\":63,\"endAtMs\":1}",
+        "{\"sandboxID\":\"abc\",\"templateID\":\"base\",\"vcpu\":1.5,\"memoryMB\":64,\"endAtMs\":1}",
+        "{\"sandboxID\":\"abc\",\"templateID\":\"base\",\"vcpu\":1,\"memoryMB\":64}",
+        "{\"sandboxID\":\"abc\",\"templateID\":\"base\",\"vcpu\":1,\"memoryMB\":64,\"endAtMs\":1,"
+        "\"envVars\":{\"A=B\":\"x\"}}",
+        "{\"sandboxID\":\"abc\",\"templateID\":\"base\",\"vcpu\":1,\"memoryMB\":64,\"endAtMs\":1,"
+        "\"envVars\":{\"A\":1}}",
+        "{\"sandboxID\":\"abc\",\"templateID\":\"base\",\"vcpu\":1,\"memoryMB\":64,\"endAtMs\":1,"
+        "\"envdAccessToken\":5}",
+        "{\"sandboxID\":\"abc\",\"templateID\":\"base\",\"vcpu\":1,\"memoryMB\":64,\"endAtMs\":1,"
+        "\"allowInternetAccess\":\"yes\"}",
+        "{\"sandboxID\":\"abc\",\"sandboxID\":\"abd\",\"templateID\":\"base\",\"vcpu\":1,"
+        "\"memoryMB\":64,\"endAtMs\":1}",
+        "{\"sandboxID\":\"a234567890123456789012345678901234567890123456789012345678901234\","
+        "\"templateID\":\"base\",\"vcpu\":1,\"memoryMB\":64,\"endAtMs\":1}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        sg__create_req_t r;
+        char err[256] = "";
+        assert_int_equal(parse(bad[i], &r, err), SG_EINVAL);
+        assert_true(err[0] != '\0');
+        assert_null(r.env);
+        assert_null(r.token);
+    }
+    /* 257 env vars: refused */
+    json_t *o = json_pack("{s:s,s:s,s:i,s:i,s:i}", "sandboxID", "abc", "templateID", "base",
+                          "vcpu", 1, "memoryMB", 64, "endAtMs", 1);
+    json_t *env = json_object();
+    for (int i = 0; i < 257; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "K%d", i);
+        json_object_set_new(env, k, json_string("v"));
+    }
+    json_object_set_new(o, "envVars", env);
+    char *s = json_dumps(o, 0);
+    sg__create_req_t r;
+    char err[256];
+    assert_int_equal(parse(s, &r, err), SG_EINVAL);
+    free(s);
+    json_decref(o);
+}
+
+static void test_node_addrpool(void **state)
+{
+    sg__addrpool_t p;
+    assert_int_equal(sg__addrpool_init(&p, "10.11.0.0/29"), 0); /* 8 slots: 2..6 usable */
+    int got[5];
+    for (int i = 0; i < 5; i++) {
+        got[i] = sg__addrpool_alloc(&p);
+        assert_true(got[i] >= 2 && got[i] <= 6);
+        for (int j = 0; j < i; j++)
+            assert_int_not_equal(got[i], got[j]);
+    }
+    assert_int_equal(sg__addrpool_alloc(&p), SG_ENOROOM);
+    sg__addrpool_release(&p, (uint32_t)got[2]);
+    assert_int_equal(sg__addrpool_alloc(&p), got[2]);
+    assert_int_equal(sg__addrpool_take(&p, (uint32_t)got[0]), SG_EEXISTS);
+    assert_int_equal(sg__addrpool_take(&p, 1), SG_EINVAL); /* the bridge */
+    assert_int_equal(sg__addrpool_take(&p, 7), SG_EINVAL); /* broadcast */
+    assert_int_equal(sg__addrpool_index(&p, "10.11.0.5"), 5);
+    assert_int_equal(sg__addrpool_index(&p, "10.11.1.5"), SG_EINVAL);
+    assert_int_equal(sg__addrpool_index(&p, "nonsense"), SG_EINVAL);
+    assert_true(sg__addrpool_addr(&p, 5) == 0x0a0b0005u);
+    sg__addrpool_free(&p);
+    /* Round robin: a freed address is not reused at once while others are free. */
+    assert_int_equal(sg__addrpool_init(&p, "10.11.0.0/16"), 0);
+    int a = sg__addrpool_alloc(&p);
+    sg__addrpool_release(&p, (uint32_t)a);
+    assert_int_not_equal(sg__addrpool_alloc(&p), a);
+    sg__addrpool_free(&p);
+    assert_int_equal(sg__addrpool_init(&p, "10.11.0.0"), SG_EINVAL);
+    assert_int_equal(sg__addrpool_init(&p, "10.11.0.0/30"), SG_EINVAL);
+    assert_int_equal(sg__addrpool_init(&p, "x/16"), SG_EINVAL);
+}
+
+static int head(const char *req, sg__proxy_head_t *h)
+{
+    return sg__proxy_parse_head(req, strlen(req), TOK, h);
+}
+
+static void test_node_proxy_head(void **state)
+{
+    sg__proxy_head_t h;
+    const char *req = "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Sandgate-Node-Token: " TOK "\r\n"
+                      "x-sandgate-sandbox-id: abc1\r\nX-Sandgate-Sandbox-Port: 8000\r\n"
+                      "Connection: keep-alive\r\nAuthorization: Basic dTo=\r\n\r\nBODY";
+    assert_int_equal(head(req, &h), 1);
+    assert_int_equal(h.status, 0);
+    assert_string_equal(h.sandbox, "abc1");
+    assert_int_equal(h.port, 8000);
+    assert_false(h.upgrade);
+    assert_int_equal(h.head_len, strlen(req) - 4);
+    char *out = strndup(h.out, h.out_len);
+    assert_non_null(strstr(out, "GET /a?b=1 HTTP/1.1\r\n"));
+    assert_non_null(strstr(out, "Host: x\r\n"));
+    assert_non_null(strstr(out, "Authorization: Basic dTo=\r\n"));
+    assert_non_null(strstr(out, "Connection: close\r\n"));
+    assert_null(strcasestr(out, "sandgate"));
+    assert_null(strstr(out, "keep-alive"));
+    assert_true(strlen(out) > 4 && strcmp(out + strlen(out) - 4, "\r\n\r\n") == 0);
+    free(out);
+    free(h.out);
+
+    /* Incomplete head */
+    assert_int_equal(sg__proxy_parse_head(req, 20, TOK, &h), 0);
+    /* Wrong / missing token: 401 before anything else */
+    assert_int_equal(head("GET / HTTP/1.1\r\nX-Sandgate-Node-Token: nope\r\n"
+                          "X-Sandgate-Sandbox-Id: abc\r\nX-Sandgate-Sandbox-Port: 1\r\n\r\n", &h), 1);
+    assert_int_equal(h.status, 401);
+    assert_int_equal(head("GET / HTTP/1.1\r\nX-Sandgate-Sandbox-Id: abc\r\n\r\n", &h), 1);
+    assert_int_equal(h.status, 401);
+    /* Bad sandbox id / port */
+    static const char *bad[] = {
+        "X-Sandgate-Sandbox-Id: ABC\r\nX-Sandgate-Sandbox-Port: 80\r\n",
+        "X-Sandgate-Sandbox-Port: 80\r\n",
+        "X-Sandgate-Sandbox-Id: abc\r\n",
+        "X-Sandgate-Sandbox-Id: abc\r\nX-Sandgate-Sandbox-Port: 0\r\n",
+        "X-Sandgate-Sandbox-Id: abc\r\nX-Sandgate-Sandbox-Port: 65536\r\n",
+        "X-Sandgate-Sandbox-Id: abc\r\nX-Sandgate-Sandbox-Port: 8a\r\n",
+        "X-Sandgate-Sandbox-Id: abc\r\nX-Sandgate-Sandbox-Port: 80\r\nX-Sandgate-Sandbox-Port: 81\r\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char buf[512];
+        snprintf(buf, sizeof(buf), "GET / HTTP/1.1\r\nX-Sandgate-Node-Token: " TOK "\r\n%s\r\n", bad[i]);
+        assert_int_equal(head(buf, &h), 1);
+        assert_int_equal(h.status, 400);
+        assert_null(h.out);
+    }
+    /* Malformed */
+    assert_int_equal(head("GARBAGE\r\n\r\n", &h), -1);
+    assert_int_equal(h.status, 400);
+    /* Health without sandbox headers */
+    assert_int_equal(head("GET /health HTTP/1.1\r\nHost: n\r\n\r\n", &h), 1);
+    assert_true(h.health);
+    /* WebSocket upgrade: Connection/Upgrade kept */
+    assert_int_equal(head("GET /ws HTTP/1.1\r\nX-Sandgate-Node-Token: " TOK "\r\n"
+                          "X-Sandgate-Sandbox-Id: abc\r\nX-Sandgate-Sandbox-Port: 49983\r\n"
+                          "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", &h), 1);
+    assert_int_equal(h.status, 0);
+    assert_true(h.upgrade);
+    out = strndup(h.out, h.out_len);
+    assert_non_null(strstr(out, "Connection: Upgrade\r\n"));
+    assert_non_null(strstr(out, "Upgrade: websocket\r\n"));
+    assert_null(strstr(out, "Connection: close"));
+    free(out);
+    free(h.out);
+}
+
+static void test_node_proxy_response(void **state)
+{
+    char *out;
+    size_t out_len, head_len;
+    int status;
+    const char *resp = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
+                       "Keep-Alive: timeout=5\r\n\r\nhello";
+    assert_int_equal(sg__proxy_rewrite_response(resp, strlen(resp), &out, &out_len, &head_len,
+                                                &status), 1);
+    assert_int_equal(status, 200);
+    assert_int_equal(head_len, strlen(resp) - 5);
+    char *o = strndup(out, out_len);
+    assert_string_equal(o, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n");
+    free(o);
+    free(out);
+    /* 101 passes unchanged (minus nothing) */
+    const char *up = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    assert_int_equal(sg__proxy_rewrite_response(up, strlen(up), &out, &out_len, &head_len, &status), 1);
+    assert_int_equal(status, 101);
+    o = strndup(out, out_len);
+    assert_string_equal(o, up);
+    free(o);
+    free(out);
+    assert_int_equal(sg__proxy_rewrite_response(resp, 10, &out, &out_len, &head_len, &status), 0);
+    assert_int_equal(sg__proxy_rewrite_response("NOT HTTP\r\n\r\n", 14, &out, &out_len, &head_len,
+                                                &status), -1);
+}
+
+static void test_node_hostport(void **state)
+{
+    struct sockaddr_storage sa;
+    assert_int_equal(sg__parse_hostport("0.0.0.0:7070", &sa), 0);
+    assert_int_equal(sa.ss_family, AF_INET);
+    assert_int_equal(sg__parse_hostport("[::1]:7070", &sa), 0);
+    assert_int_equal(sa.ss_family, AF_INET6);
+    assert_int_equal(sg__parse_hostport("7070", &sa), SG_EINVAL);
+    assert_int_equal(sg__parse_hostport("host:", &sa), SG_EINVAL);
+    assert_int_equal(sg__parse_hostport("1.2.3.4:70000", &sa), SG_EINVAL);
+    assert_int_equal(sg__parse_hostport("name.example:80", &sa), SG_EINVAL);
+}
+
+static void test_node_oci_config(void **state)
+{
+    sg__node_t n;
+    memset(&n, 0, sizeof(n));
+    n.envd_path = "/opt/envd-bundle";
+    snprintf(n.cgroup_parent, sizeof(n.cgroup_parent), "/sandgate/node-1");
+    sg__sbx_t s;
+    memset(&s, 0, sizeof(s));
+    snprintf(s.id, sizeof(s.id), "abc");
+    s.vcpu = 2;
+    s.memory_mb = 512;
+    json_t *env = json_pack("{s:s,s:s}", "FOO", "bar", "PATH", "/custom");
+    json_t *c = sg__oci_config(&n, &s, env, true);
+    assert_non_null(c);
+    assert_string_equal(json_string_value(json_object_get(c, "hostname")), "abc");
+    json_t *p = json_object_get(c, "process");
+    json_t *args = json_object_get(p, "args");
+    assert_string_equal(json_string_value(json_array_get(args, 0)), "/opt/sandgate/sandgate-envd");
+    assert_string_equal(json_string_value(json_array_get(args, 3)), "--token-file");
+    /* env: the request's PATH wins over the default; no token anywhere in it */
+    char *envs = json_dumps(json_object_get(p, "env"), 0);
+    assert_non_null(strstr(envs, "\"FOO=bar\""));
+    assert_non_null(strstr(envs, "\"PATH=/custom\""));
+    assert_null(strstr(envs, "PATH=/usr/local"));
+    free(envs);
+    json_t *lin = json_object_get(c, "linux");
+    assert_string_equal(json_string_value(json_object_get(lin, "cgroupsPath")), "/sandgate/node-1/abc");
+    json_t *res = json_object_get(lin, "resources");
+    assert_true(json_integer_value(json_object_get(json_object_get(res, "memory"), "limit")) ==
+                512LL * 1024 * 1024);
+    assert_true(json_integer_value(json_object_get(json_object_get(res, "cpu"), "quota")) == 200000);
+    json_t *ns = json_object_get(lin, "namespaces");
+    assert_int_equal(json_array_size(ns), 5);
+    char *caps = json_dumps(json_object_get(json_object_get(p, "capabilities"), "bounding"), 0);
+    assert_null(strstr(caps, "SYS_ADMIN"));
+    assert_null(strstr(caps, "NET_RAW"));
+    assert_null(strstr(caps, "NET_ADMIN"));
+    free(caps);
+    char *mounts = json_dumps(json_object_get(c, "mounts"), 0);
+    assert_non_null(strstr(mounts, "\"/opt/envd-bundle\""));
+    assert_non_null(strstr(mounts, "\"ro\""));
+    free(mounts);
+    assert_non_null(json_object_get(lin, "seccomp"));
+    json_decref(c);
+    c = sg__oci_config(&n, &s, env, false);
+    assert_int_equal(json_array_size(json_object_get(json_object_get(c, "process"), "args")), 3);
+    json_decref(c);
+    json_decref(env);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_node_create_req_valid),
+        cmocka_unit_test(test_node_create_req_invalid),
+        cmocka_unit_test(test_node_addrpool),
+        cmocka_unit_test(test_node_proxy_head),
+        cmocka_unit_test(test_node_proxy_response),
+        cmocka_unit_test(test_node_hostport),
+        cmocka_unit_test(test_node_oci_config),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
