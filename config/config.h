@@ -158,12 +158,24 @@ typedef struct {
 int sg_config_load_gateway(const char *path, sg_gateway_config_t *out, char *err, size_t errlen);
 int sg_config_load_node(const char *path, sg_node_config_t *out, char *err, size_t errlen);
 
+/* Same as the loaders above, but parse the len bytes at data (need not be NUL-terminated); name
+ * stands for the file name in error messages. For tests, fuzzing and `config check` on stdin. */
+int sg_config_load_gateway_buffer(const char *name, const char *data, size_t len,
+                                  sg_gateway_config_t *out, char *err, size_t errlen);
+int sg_config_load_node_buffer(const char *name, const char *data, size_t len,
+                               sg_node_config_t *out, char *err, size_t errlen);
+
 /* Prints the effective configuration as YAML, secrets shown as "********". */
 void sg_config_print_gateway(FILE *f, const sg_gateway_config_t *cfg);
 void sg_config_print_node(FILE *f, const sg_node_config_t *cfg);
 
 void sg_config_free_gateway(sg_gateway_config_t *cfg);
 void sg_config_free_node(sg_node_config_t *cfg);
+
+/* Prints a Markdown reference of every key of both configs (path, type, default, range or
+ * allowed values, secret, description), generated from the schema tables; docs/configuration.md
+ * is this output. */
+void sg_config_reference_markdown(FILE *f);
 
 /* Parses a size such as "512", "64KB", "10MB", "1GiB" into bytes; 0 or SG_EINVAL. */
 int sg_config_parse_size(const char *s, size_t *out);
