@@ -698,7 +698,7 @@ int sg_sched_list(sg_sched_t *s, const sg_sched_list_req_t *req, sg_sched_list_c
     snprintf(op->list_template, sizeof(op->list_template), "%s",
              req->template_id != NULL ? req->template_id : "");
     op->list.template_id = op->list_template[0] != '\0' ? op->list_template : NULL;
-    if (op->list.limit < 1 || op->list.limit > 100)
+    if (op->list.limit < 1 || op->list.limit > LIST_MAX)
         op->list.limit = 100;
     char key[128], max[16];
     snprintf(key, sizeof(key), "{sg}:team:%s", op->team);

@@ -115,7 +115,7 @@ typedef struct {
     const char *template_id;   /* or NULL */
     long long started_after_ms; /* 0 = any */
     bool oldest_first;         /* default newest first */
-    int limit;                 /* 1..100 */
+    int limit;                 /* 1..10000 (the API allows 1..100) */
     const char *next;          /* continuation token from a previous page, or NULL */
 } sg_sched_list_req_t;
 
