@@ -32,6 +32,7 @@ export class NodeDouble {
     this.reportList = o.reportList ?? true;
     this.envdVersion = o.envdVersion ?? '0.5.7';
     this.sandboxes = new Map();
+    this.deleted = new Map(); // id -> { at, endAtMs } of DELETE calls that found the sandbox
     this.status = 'ready';
     this.heartbeats = true;
     // Test knobs: failNext (answer 500 to the next N creates), delayMs (before answering creates),
@@ -129,6 +130,7 @@ export class NodeDouble {
         this.stats.deletes++;
         if (!s) return this.send(res, 404, { code: 404, message: `sandbox "${m[1]}" not found` });
         this.sandboxes.delete(m[1]);
+        this.deleted.set(m[1], { at: Date.now(), endAtMs: s.endAtMs });
         return this.send(res, 204);
       }
       if (!s) return this.send(res, 404, { code: 404, message: `sandbox "${m[1]}" not found` });
