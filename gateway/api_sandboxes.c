@@ -16,7 +16,9 @@
  * A sandbox of another team is always the same 404 as an unknown one.
  */
 #include <string.h>
+#include <strings.h>
 #include <stdlib.h>
+#include <time.h>
 #include <libpq-fe.h>
 #include "gateway/internal.h"
 #include "scheduler/sched.h"
@@ -70,6 +72,7 @@ static void create_with_template(pending_t *p, const tpl_t *t);
 static void on_event(const char *kind, const char *sandbox_id, const char *team_id,
                      const char *node_id, const char *detail, void *data);
 static size_t url_decode(const char *in, size_t len, char *out, size_t cap);
+static long long parse_rfc3339(const char *s);
 
 /* ---- worker state ---- */
 
@@ -383,7 +386,7 @@ static void on_list(sg_api_call_t *call)
                     }
                     q.limit = (int)l;
                 } else if (strcmp(k, "nextToken") == 0) {
-                    snprintf(next, sizeof(next), "%s", v);
+                    snprintf(next, sizeof(next), "%.127s", v);
                 } else if (strcmp(k, "state") == 0) {
                     states = true;
                     for (char *s = strtok(v, ","); s != NULL; s = strtok(NULL, ",")) {
@@ -394,7 +397,15 @@ static void on_list(sg_api_call_t *call)
                         /* "paused": never, until pause exists */
                     }
                 } else if (strcmp(k, "template") == 0 || strcmp(k, "templateID") == 0) {
-                    snprintf(tpl, sizeof(tpl), "%s", v);
+                    snprintf(tpl, sizeof(tpl), "%.71s", v);
+                } else if (strcmp(k, "startedAfter") == 0) {
+                    q.started_after_ms = parse_rfc3339(v);
+                    if (q.started_after_ms < 0) {
+                        if (meta)
+                            json_decref(meta);
+                        sg_http_error(req, 400, "startedAfter must be an RFC 3339 time");
+                        return;
+                    }
                 } else if (strcmp(k, "order") == 0) {
                     q.oldest_first = strcasecmp(v, "asc") == 0;
                 } else if (strcmp(k, "metadata") == 0) {
@@ -410,8 +421,13 @@ static void on_list(sg_api_call_t *call)
                             sg_http_error(req, 400, "metadata filter must be key=value pairs");
                             return;
                         }
-                        url_decode(pair, (size_t)(e - pair), mk, sizeof(mk));
-                        url_decode(e + 1, strlen(e + 1), mv, sizeof(mv));
+                        /* The SDK encodes each part twice (encodeURIComponent, then
+                         * URLSearchParams): decode twice. */
+                        char t1[2048];
+                        url_decode(pair, (size_t)(e - pair), t1, sizeof(t1));
+                        url_decode(t1, strlen(t1), mk, sizeof(mk));
+                        url_decode(e + 1, strlen(e + 1), t1, sizeof(t1));
+                        url_decode(t1, strlen(t1), mv, sizeof(mv));
                         json_object_set_new(meta, mk, json_string(mv));
                     }
                 }
@@ -834,6 +850,38 @@ static size_t url_decode(const char *in, size_t len, char *out, size_t cap)
     }
     out[o] = '\0';
     return o;
+}
+
+/* "2026-11-26T04:50:00.123Z" (fraction optional, Z or +hh:mm) to ms; -1 when malformed. */
+static long long parse_rfc3339(const char *s)
+{
+    struct tm tm = {0};
+    int used = 0;
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec, &used) != 6)
+        return -1;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    long long ms = (long long)timegm(&tm) * 1000;
+    const char *p = s + used;
+    if (*p == '.') {
+        long long frac = 0, scale = 1000;
+        for (p++; *p >= '0' && *p <= '9'; p++) {
+            if (scale > 1) {
+                scale /= 10;
+                frac += (*p - '0') * scale;
+            }
+        }
+        ms += frac;
+    }
+    if (*p == 'Z' && p[1] == '\0')
+        return ms;
+    int hh, mm;
+    if ((*p == '+' || *p == '-') && sscanf(p + 1, "%2d:%2d", &hh, &mm) == 2) {
+        long long off = ((long long)hh * 60 + mm) * 60000;
+        return *p == '+' ? ms - off : ms + off;
+    }
+    return -1;
 }
 
 const sg_route_t sg__routes_sandboxes[] = {
