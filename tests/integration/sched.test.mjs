@@ -191,11 +191,11 @@ test('heartbeat lost: nothing placed there, its sandboxes listed as lost', async
 
 test('reconciliation: unknown sandboxes die on the node, vanished ones leave the catalog', async () => {
   const key = team(s.config, 'recon');
-  const node = s.nodes[2];
-  node.sandboxes.set('strayzzzzzzzzzzzzzzz', { sandboxID: 'strayzzzzzzzzzzzzzzz', teamID: 'x', templateID: 'base', address: '', startedAtMs: Date.now(), endAtMs: Date.now() + 600000, vcpu: 1, memoryMB: 64, diskMB: 0 });
   const made = await pool([...Array(6).keys()], 6, () => create(s.gw, key));
-  const mine = made.map((r) => r.json.sandboxID).find((id) => node.sandboxes.has(id));
-  assert.ok(mine, 'one sandbox on node-3');
+  const mine = made[0].json.sandboxID;
+  const node = s.nodes.find((n) => n.sandboxes.has(mine));
+  assert.ok(node, 'placed on a node');
+  node.sandboxes.set('strayzzzzzzzzzzzzzzz', { sandboxID: 'strayzzzzzzzzzzzzzzz', teamID: 'x', templateID: 'base', address: '', startedAtMs: Date.now(), endAtMs: Date.now() + 600000, vcpu: 1, memoryMB: 64, diskMB: 0 });
   node.sandboxes.delete(mine); // the node lost it (crash, OOM)
   await waitFor(() => !node.sandboxes.has('strayzzzzzzzzzzzzzzz'), { timeout: 8000, what: 'stray deleted' });
   await waitFor(async () => (await api(s.gw, key, 'GET', `/sandboxes/${mine}`)).status === 404, { timeout: 10000, what: 'lost removed' });
