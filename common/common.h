@@ -137,6 +137,30 @@ sg_redis_cmd_t *sg_redis_command(sg_redis_t *r, sg_redis_cb cb, void *data, int 
 /* After this the command's callback never runs. Valid until the callback would have run. */
 void sg_redis_cancel(sg_redis_cmd_t *cmd);
 
+/* ---- PostgreSQL (async, libuv) ---------------------------------------------------------------- */
+
+#define SG_PG_MAX_PARAMS 16
+struct pg_result;
+typedef struct sg_pg sg_pg_t;
+typedef struct sg_pg_query sg_pg_query_t;
+/* res is NULL when no connection is up, on timeout or when the connection broke; otherwise the
+ * query's last result, which may be an error (check PQresultStatus). Cleared after the callback. */
+typedef void (*sg_pg_cb)(sg_pg_t *pg, struct pg_result *res, void *data);
+
+/* A pool of pool_size connections on loop (loop thread only). Connects in the background and
+ * reconnects with backoff. Returns NULL on allocation failure. */
+sg_pg_t *sg_pg_new(struct uv_loop_s *loop, const char *dsn, int pool_size, int timeout_ms);
+/* Closes every connection; callbacks of pending queries never run. */
+void sg_pg_free(sg_pg_t *pg);
+/* True when at least one connection is up. */
+bool sg_pg_up(sg_pg_t *pg);
+/* Queues a parameterised query (text parameters, copied). cb runs exactly once, never inside
+ * this call. Returns NULL (cb never runs) on allocation failure or more than SG_PG_MAX_PARAMS. */
+sg_pg_query_t *sg_pg_query(sg_pg_t *pg, const char *sql, int nparams, const char *const *params,
+                           sg_pg_cb cb, void *data);
+/* The query's callback will not run. Valid until the callback would have run. */
+void sg_pg_cancel(sg_pg_query_t *q);
+
 /* ---- HTTP (h2o) ------------------------------------------------------------------------------ */
 
 struct st_h2o_req_t;

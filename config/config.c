@@ -415,8 +415,15 @@ static char *substitute(ctx_t *c, const yaml_node_t *n, const char *path)
     bool exact = n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
                  n->start_mark.line == n->end_mark.line;
 
-    if (!buf_add(&out, &len, &cap, "", 0))
+    if (memchr(s, '\0', slen)) {
+        /* "\0" escapes would silently cut every C string downstream */
+        sg__cfg_error(c, n->start_mark, path, "value contains a NUL character");
         return NULL;
+    }
+    if (!buf_add(&out, &len, &cap, "", 0)) {
+        sg__cfg_error(c, n->start_mark, path, "out of memory");
+        return NULL;
+    }
     for (size_t i = 0; i < slen;) {
         yaml_mark_t m = n->start_mark;
         if (exact)
@@ -747,8 +754,9 @@ static void walk_list(ctx_t *c, const sg__field_t *fd, void *base, yaml_node_t *
         return;
     }
     size_t nitems = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
-    if (fd->type == SG__T_STRLIST && nitems > 0 && nitems <= fd->max_items) {
-        char **arr = calloc(nitems, sizeof(char *));
+    if (fd->type == SG__T_STRLIST && nitems > 0) {
+        /* entries past the cap are reported, never stored */
+        char **arr = calloc(nitems < fd->max_items ? nitems : fd->max_items, sizeof(char *));
         if (!arr) {
             sg__cfg_error(c, n->start_mark, path, "out of memory");
             return;

@@ -154,7 +154,10 @@ typedef struct {
 
 /* Loads and validates path into *out (zeroed first). On failure returns a negative SG_E* code,
  * leaves *out freed, and writes every problem found (one per line, "file:line:col: key: what")
- * into err (NUL-terminated, truncated to errlen). */
+ * into err (NUL-terminated, truncated to errlen). Returns 0, SG_EINVAL (bad config), SG_EIO
+ * (file unreadable: err is "path: cannot read: why"), SG_ETOOBIG (over 1 MiB) or SG_ENOMEM.
+ * Lines are sorted by position, at most 50 are listed, whole lines only; err may be NULL with
+ * errlen 0. The caller owns *out and frees it with sg_config_free_*(). Any thread; blocking. */
 int sg_config_load_gateway(const char *path, sg_gateway_config_t *out, char *err, size_t errlen);
 int sg_config_load_node(const char *path, sg_node_config_t *out, char *err, size_t errlen);
 
@@ -165,7 +168,8 @@ int sg_config_load_gateway_buffer(const char *name, const char *data, size_t len
 int sg_config_load_node_buffer(const char *name, const char *data, size_t len,
                                sg_node_config_t *out, char *err, size_t errlen);
 
-/* Prints the effective configuration as YAML, secrets shown as "********". */
+/* Prints the effective configuration as YAML (every key, defaults included; strings
+ * double-quoted, unset strings as null, sizes in bytes), secrets shown as "********". */
 void sg_config_print_gateway(FILE *f, const sg_gateway_config_t *cfg);
 void sg_config_print_node(FILE *f, const sg_node_config_t *cfg);
 
@@ -177,7 +181,9 @@ void sg_config_free_node(sg_node_config_t *cfg);
  * is this output. */
 void sg_config_reference_markdown(FILE *f);
 
-/* Parses a size such as "512", "64KB", "10MB", "1GiB" into bytes; 0 or SG_EINVAL. */
+/* Parses a size such as "512", "64KB", "10MB", "1GiB" into bytes; 0 or SG_EINVAL (also on
+ * overflow). KB/MB/GB/TB are powers of 1000; K/M/G/T and KiB/MiB/GiB/TiB powers of 1024; units
+ * are case-insensitive and may follow a space. */
 int sg_config_parse_size(const char *s, size_t *out);
 
 #endif

@@ -264,6 +264,8 @@ static void test_config_wrong_type(void **state)
              "t.yaml:5:11: postgres: expected a mapping, got a scalar\n"
              "t.yaml:6:13: node_token: expected a string, got a list\n");
     gw_fails("- a\n- b\n", "t.yaml:1:1: (top level): expected a mapping, got a list\n");
+    nd_fails(ND_MIN "runtime_path: \"/usr/bin/runc\\0evil\"\n",
+             "n.yaml:4:15: runtime_path: value contains a NUL character\n");
 }
 
 static void test_config_out_of_range(void **state)
@@ -366,6 +368,14 @@ static void test_config_too_many_entries(void **state)
         strcat(ntext, line);
     }
     nd_fails(ntext, "n.yaml:37:3: labels.k32: too many entries (max 32)\n");
+
+    strcpy(ntext, ND_MIN "protected_addresses:\n");
+    for (int i = 0; i < 65; i++) {
+        char line[64];
+        snprintf(line, sizeof(line), "  - 10.0.%d.0/24\n", i);
+        strcat(ntext, line);
+    }
+    nd_fails(ntext, "n.yaml:69:5: protected_addresses[64]: too many entries (max 64)\n");
 }
 
 static void test_config_validation(void **state)
@@ -422,6 +432,15 @@ static void test_config_error_buffer_truncated(void **state)
                                                    sizeof(small)),
                      SG_EINVAL);
     assert_string_equal(small, "t.yaml:1:1: a: unknown key\n"); /* whole lines only */
+    /* more than 50 problems: 50 lines, then a count of the rest */
+    char many[2048] = "";
+    for (int i = 0; i < 60; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "k%d: 1\n", i);
+    assert_int_equal(sg_config_load_gateway_buffer("t.yaml", many, strlen(many), &g, err,
+                                                   sizeof(err)),
+                     SG_EINVAL);
+    assert_non_null(strstr(err, "t.yaml:50:1: k49: unknown key\n"
+                                "t.yaml: 15 more errors not shown\n"));
     /* and no buffer at all is fine too */
     assert_int_equal(sg_config_load_gateway_buffer("t.yaml", text, strlen(text), &g, NULL, 0),
                      SG_EINVAL);

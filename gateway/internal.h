@@ -1,0 +1,119 @@
+/*
+ * Private to gateway/: the server's frozen global state, the per-thread worker, and the route
+ * table that API files (api_*.c) contribute to.
+ *
+ * Threading: sg_server is written once before the workers start and only read afterwards. A
+ * worker owns its loop, h2o context, PostgreSQL pool, Redis client, auth cache and scheduler
+ * state; nothing in a worker is touched by another thread except the metrics counters (atomic).
+ */
+#ifndef SG_GATEWAY_INTERNAL_H
+#define SG_GATEWAY_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <uv.h>
+#include <h2o.h>
+#include <jansson.h>
+#include "common/common.h"
+#include "config/config.h"
+#include "auth/auth.h"
+
+typedef struct sg_worker sg_worker_t;
+
+/* ---- routes ---------------------------------------------------------------------------------- */
+
+typedef enum { SG_ROUTE_PUBLIC, SG_ROUTE_KEY, SG_ROUTE_ADMIN } sg_route_auth_t;
+
+#define SG_API_MAX_PARAMS 2
+
+/* One authenticated API request. Lives in the request's pool. */
+typedef struct {
+    h2o_req_t *req;
+    sg_worker_t *w;
+    sg_auth_identity_t id; /* valid for SG_ROUTE_KEY routes */
+    h2o_iovec_t params[SG_API_MAX_PARAMS]; /* "{id}" segments of the pattern, in order */
+    size_t nparams;
+    sg_auth_pending_t *pending; /* auth look-up in flight */
+    bool gone;                  /* the request was disposed (client went away) */
+} sg_api_call_t;
+
+typedef void (*sg_api_fn)(sg_api_call_t *call);
+
+typedef struct {
+    const char *method;  /* "GET", "POST", ... */
+    const char *pattern; /* "/sandboxes/{id}/timeout"; {x} matches one non-empty segment */
+    sg_route_auth_t auth;
+    sg_api_fn fn;
+} sg_route_t;
+
+/* Route tables contributed by api_*.c, each terminated by {NULL}. api.c lists them. */
+extern const sg_route_t sg__routes_teams[];
+
+/* ---- workers and server ---------------------------------------------------------------------- */
+
+#define SG_METRIC_SLOTS 256
+#define SG_METRIC_BUCKETS 14
+
+typedef struct {
+    _Atomic int used;
+    int route;  /* index into the flat route list, or a special label */
+    int status;
+    _Atomic uint64_t count, sum_us;
+    _Atomic uint64_t buckets[SG_METRIC_BUCKETS];
+} sg_metric_slot_t;
+
+struct sg_worker {
+    int index;
+    pthread_t thread;
+    uv_loop_t loop;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx[SG_CONFIG_MAX_LISTENERS];
+    uv_tcp_t listeners[SG_CONFIG_MAX_LISTENERS];
+    size_t nlisteners;
+    uv_async_t wake;
+    uv_timer_t drain;
+    long long drain_deadline_ms;
+    sg_pg_t *pg;
+    sg_redis_t *redis;
+    sg_auth_t *auth;
+    uint64_t rng;
+    int inflight;
+    bool stopping;
+    sg_metric_slot_t metrics[SG_METRIC_SLOTS];
+};
+
+typedef struct {
+    sg_gateway_config_t cfg;
+    h2o_globalconf_t h2o;
+    SSL_CTX *ssl[SG_CONFIG_MAX_LISTENERS];
+    sg_worker_t *workers;
+    int nworkers;
+    long long started_ms;
+} sg_server_t;
+
+extern sg_server_t sg_server;
+
+/* The worker that runs req (from its h2o context). */
+sg_worker_t *sg_worker_of(h2o_req_t *req);
+/* The client's address as text into buf (>= 48 bytes); "" when unknown. */
+const char *sg_client_addr(h2o_req_t *req, char *buf, size_t cap);
+
+/* http.c: the root handler (request id, access log, metrics, health/ready/metrics, API). */
+void sg__http_register(h2o_pathconf_t *pathconf);
+/* Records the team id / route index of a request for its access log line and metrics. */
+void sg_gateway_note_team(h2o_req_t *req, const char *team_id);
+void sg_gateway_note_route(h2o_req_t *req, int route);
+/* api.c: dispatches an API request; returns -1 when no route matched the path at all. */
+int sg__api_dispatch(h2o_req_t *req);
+/* Route label for metrics: index of the matched route in the flat list, or -1. */
+int sg__api_route_count(void);
+const char *sg__api_route_label(int idx);
+/* Reads the request body as JSON (objects only). On failure sends the 400/413/415 error itself
+ * and returns NULL. The result is owned by the caller (json_decref). */
+json_t *sg_api_body_json(sg_api_call_t *call);
+
+/* metrics.c */
+void sg__metrics_observe(sg_worker_t *w, int route, int status, uint64_t us);
+void sg__metrics_render(h2o_req_t *req);
+
+#endif

@@ -1,0 +1,302 @@
+/*
+ * `sandgate serve`: worker threads, listeners, TLS, graceful shutdown.
+ *
+ * Each worker thread runs its own libuv loop and h2o context and binds every listener itself with
+ * SO_REUSEPORT, so the kernel spreads connections over workers and no connection ever crosses a
+ * thread. TLS listeners share SSL_CTXs built once at start (one per certificate, chosen by SNI,
+ * the first as default); h2o's ALPN is registered on every one of them.
+ *
+ * Shutdown (SIGTERM/SIGINT): the main thread wakes every worker, which closes its listeners,
+ * asks h2o to wind down keep-alive connections, and stops its loop once no request is in flight
+ * or the drain bound (10 s) passes.
+ */
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include "gateway/internal.h"
+
+#define DRAIN_MS 10000
+
+sg_server_t sg_server;
+
+sg_worker_t *sg_worker_of(h2o_req_t *req)
+{
+    return (sg_worker_t *)((char *)req->conn->ctx - offsetof(sg_worker_t, ctx));
+}
+
+const char *sg_client_addr(h2o_req_t *req, char *buf, size_t cap)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    buf[0] = '\0';
+    if (len == 0)
+        return buf;
+    if (ss.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, buf, (socklen_t)cap);
+    else if (ss.ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, buf, (socklen_t)cap);
+    return buf;
+}
+
+/* ---- TLS ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    SSL_CTX *ctxs[SG_CONFIG_MAX_CERTS];
+    size_t n;
+} sni_set_t;
+
+static sni_set_t sni_sets[SG_CONFIG_MAX_LISTENERS];
+
+/* Does the certificate of ctx cover name (exact or one-label wildcard)? */
+static bool ctx_matches(SSL_CTX *ctx, const char *name)
+{
+    X509 *x = SSL_CTX_get0_certificate(ctx);
+    return x && X509_check_host(x, name, strlen(name), 0, NULL) == 1;
+}
+
+static int on_sni(SSL *ssl, int *ad, void *arg)
+{
+    sni_set_t *set = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (name == NULL)
+        return SSL_TLSEXT_ERR_OK; /* default certificate */
+    for (size_t i = 0; i < set->n; i++)
+        if (ctx_matches(set->ctxs[i], name)) {
+            SSL_set_SSL_CTX(ssl, set->ctxs[i]);
+            return SSL_TLSEXT_ERR_OK;
+        }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static SSL_CTX *tls_ctx(const sg_config_cert_t *c, bool http2, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL)
+        return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* TLS 1.2: forward-secret AEAD suites only (TLS 1.3 suites are all modern already). */
+    SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20");
+    if (SSL_CTX_use_certificate_chain_file(ctx, c->cert_file) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, c->key_file, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(err, errlen, "TLS: cannot load %s / %s: %s", c->cert_file, c->key_file,
+                 ERR_reason_error_string(ERR_get_error()));
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    if (http2)
+        h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);
+    else
+        h2o_ssl_register_alpn_protocols(ctx, (const h2o_iovec_t[]){{H2O_STRLIT("http/1.1")}, {NULL}});
+    return ctx;
+}
+
+static int setup_tls(char *err, size_t errlen)
+{
+    for (size_t l = 0; l < sg_server.cfg.nlisteners; l++) {
+        sg_config_listener_t *li = &sg_server.cfg.listeners[l];
+        sni_set_t *set = &sni_sets[l];
+        for (size_t c = 0; c < li->ncerts; c++) {
+            if ((set->ctxs[c] = tls_ctx(&li->certs[c], li->http2, err, errlen)) == NULL)
+                return -1;
+            set->n++;
+            SSL_CTX_set_tlsext_servername_callback(set->ctxs[c], on_sni);
+            SSL_CTX_set_tlsext_servername_arg(set->ctxs[c], set);
+        }
+        sg_server.ssl[l] = set->n ? set->ctxs[0] : NULL;
+    }
+    return 0;
+}
+
+/* ---- workers --------------------------------------------------------------------------------- */
+
+static void on_accept(uv_stream_t *listener, int status)
+{
+    h2o_accept_ctx_t *actx = listener->data;
+    if (status != 0)
+        return;
+    uv_tcp_t *conn = h2o_mem_alloc(sizeof(*conn));
+    uv_tcp_init(listener->loop, conn);
+    if (uv_accept(listener, (uv_stream_t *)conn) != 0) {
+        uv_close((uv_handle_t *)conn, (uv_close_cb)free);
+        return;
+    }
+    uv_tcp_nodelay(conn, 1);
+    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)conn, (uv_close_cb)free);
+    h2o_accept(actx, sock);
+}
+
+static int bind_listener(sg_worker_t *w, size_t i, char *err, size_t errlen)
+{
+    sg_config_listener_t *li = &sg_server.cfg.listeners[i];
+    struct sockaddr_storage ss;
+    int r;
+    if (uv_ip4_addr(li->address, li->port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(li->address, li->port, (struct sockaddr_in6 *)&ss) != 0) {
+        snprintf(err, errlen, "listener %s:%d: not an IP address", li->address, li->port);
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on));
+    socklen_t sl = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 1024) != 0) {
+        snprintf(err, errlen, "listener %s:%d: %s", li->address, li->port, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    uv_tcp_init(&w->loop, &w->listeners[i]);
+    if ((r = uv_tcp_open(&w->listeners[i], fd)) != 0 ||
+        (r = uv_listen((uv_stream_t *)&w->listeners[i], 1024, on_accept)) != 0) {
+        snprintf(err, errlen, "listener %s:%d: %s", li->address, li->port, uv_strerror(r));
+        return -1;
+    }
+    h2o_accept_ctx_t *actx = &w->accept_ctx[i];
+    actx->ctx = &w->ctx;
+    actx->hosts = sg_server.h2o.hosts;
+    actx->ssl_ctx = sg_server.ssl[i];
+    w->listeners[i].data = actx;
+    return 0;
+}
+
+static void on_drain_tick(uv_timer_t *t)
+{
+    sg_worker_t *w = t->data;
+    if (w->inflight <= 0 || sg_now_ms() >= w->drain_deadline_ms) {
+        if (w->inflight > 0)
+            sg_log(SG_LOG_WARN, "shutdown: drain bound reached", SG_LI("worker", w->index),
+                   SG_LI("inflight", w->inflight));
+        uv_stop(&w->loop);
+    }
+}
+
+static void on_wake(uv_async_t *a)
+{
+    sg_worker_t *w = a->data;
+    if (w->stopping)
+        return;
+    w->stopping = true;
+    for (size_t i = 0; i < w->nlisteners; i++)
+        uv_close((uv_handle_t *)&w->listeners[i], NULL);
+    h2o_context_request_shutdown(&w->ctx);
+    w->drain_deadline_ms = sg_now_ms() + DRAIN_MS;
+    uv_timer_init(&w->loop, &w->drain);
+    w->drain.data = w;
+    uv_timer_start(&w->drain, on_drain_tick, 0, 20);
+}
+
+static void *worker_main(void *arg)
+{
+    sg_worker_t *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static int worker_init(sg_worker_t *w, int index, char *err, size_t errlen)
+{
+    sg_gateway_config_t *c = &sg_server.cfg;
+    w->index = index;
+    uv_loop_init(&w->loop);
+    h2o_context_init(&w->ctx, &w->loop, &sg_server.h2o);
+    sg_rand_bytes(&w->rng, sizeof(w->rng));
+    w->rng |= 1;
+    uv_async_init(&w->loop, &w->wake, on_wake);
+    w->wake.data = w;
+    w->pg = sg_pg_new(&w->loop, c->postgres.dsn, c->postgres.pool_size, c->postgres.query_timeout_ms);
+    w->redis = sg_redis_new(&w->loop, c->redis.address, c->redis.password, c->redis.db,
+                            c->redis.timeout_ms);
+    sg_auth_options_t ao = {
+        .positive_ttl_ms = c->auth.positive_ttl_ms,
+        .negative_ttl_ms = c->auth.negative_ttl_ms,
+        .cache_size = c->auth.cache_size / sg_server.nworkers,
+        .fail_threshold = c->auth.fail_threshold,
+        .fail_window_s = c->auth.fail_window_s,
+    };
+    w->auth = w->pg ? sg_auth_new(w->pg, &ao) : NULL;
+    if (w->pg == NULL || w->redis == NULL || w->auth == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < c->nlisteners; i++) {
+        if (bind_listener(w, i, err, errlen) != 0)
+            return -1;
+        w->nlisteners++;
+    }
+    return 0;
+}
+
+int sg__serve(const char *config_path)
+{
+    char err[8192];
+    sg_log_level_t lvl;
+    sg_log_format_t fmt;
+
+    if (sg_config_load_gateway(config_path, &sg_server.cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s", err);
+        return 1;
+    }
+    sg_gateway_config_t *c = &sg_server.cfg;
+    sg_log_level_parse(c->log.level, &lvl);
+    sg_log_format_parse(c->log.format, &fmt);
+    sg_log_setup(lvl, fmt, stderr);
+    signal(SIGPIPE, SIG_IGN);
+
+    h2o_config_init(&sg_server.h2o);
+    sg_server.h2o.server_name = h2o_iovec_init(H2O_STRLIT("sandgate"));
+    size_t maxbody = c->http.max_body_bytes > c->http.proxy_max_body_bytes
+                         ? c->http.max_body_bytes
+                         : c->http.proxy_max_body_bytes;
+    sg_server.h2o.max_request_entity_size = maxbody;
+    sg_server.h2o.http1.req_timeout = (uint64_t)c->http.header_timeout_ms;
+    sg_server.h2o.http2.idle_timeout = (uint64_t)c->http.idle_timeout_ms;
+    sg_server.h2o.http2.graceful_shutdown_timeout = DRAIN_MS;
+    h2o_hostconf_t *host = h2o_config_register_host(&sg_server.h2o,
+                                                    h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    sg__http_register(h2o_config_register_path(host, "/", 0));
+
+    if (setup_tls(err, sizeof(err)) != 0) {
+        fprintf(stderr, "sandgate: %s\n", err);
+        return 1;
+    }
+    sg_server.nworkers = c->threads > 0 ? c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (sg_server.nworkers < 1)
+        sg_server.nworkers = 1;
+    sg_server.workers = calloc((size_t)sg_server.nworkers, sizeof(sg_worker_t));
+    sg_server.started_ms = sg_now_ms();
+
+    /* Signals are taken by the main thread only: block them before any worker starts. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    for (int i = 0; i < sg_server.nworkers; i++)
+        if (worker_init(&sg_server.workers[i], i, err, sizeof(err)) != 0) {
+            fprintf(stderr, "sandgate: %s\n", err);
+            return 1;
+        }
+    for (int i = 0; i < sg_server.nworkers; i++)
+        pthread_create(&sg_server.workers[i].thread, NULL, worker_main, &sg_server.workers[i]);
+    for (size_t i = 0; i < c->nlisteners; i++)
+        sg_log(SG_LOG_INFO, "listening", SG_LS("address", c->listeners[i].address),
+               SG_LI("port", c->listeners[i].port), SG_LS("tls", c->listeners[i].ncerts ? "on" : "off"));
+    sg_log(SG_LOG_INFO, "sandgate started", SG_LI("workers", sg_server.nworkers),
+           SG_LS("domain", c->domain));
+
+    int sig = 0;
+    sigwait(&set, &sig);
+    sg_log(SG_LOG_INFO, "shutting down", SG_LS("signal", sig == SIGTERM ? "TERM" : "INT"));
+    for (int i = 0; i < sg_server.nworkers; i++)
+        uv_async_send(&sg_server.workers[i].wake);
+    for (int i = 0; i < sg_server.nworkers; i++)
+        pthread_join(sg_server.workers[i].thread, NULL);
+    sg_log_msg(SG_LOG_INFO, "stopped");
+    return 0;
+}
