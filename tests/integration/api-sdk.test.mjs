@@ -1,11 +1,13 @@
 // The official E2B SDK (npm e2b 2.51.0) against the gateway with node test doubles: create, list
 // with a metadata filter, getInfo, setTimeout, connect, kill. (envd calls are the envd issue's.)
-import { test, before } from 'node:test';
+import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Sandbox } from 'e2b';
 import { schedStack, team } from './lib/sched-stack.mjs';
 
 let s, opts;
+
+after(async () => { await s?.stop(); });
 
 before(async () => {
   const node = { sandboxes: 50, vcpu: 64, memoryMB: 65536 };

@@ -1,6 +1,6 @@
 // The E2B sandbox REST API on the wire: shapes, tokens, validation, list pagination, metrics,
 // unsupported routes, templates, chunked bodies. One gateway, two node test doubles.
-import { test, before } from 'node:test';
+import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { schedStack, team, api, pool, notFoundMsg } from './lib/sched-stack.mjs';
@@ -8,6 +8,8 @@ import { schedStack, team, api, pool, notFoundMsg } from './lib/sched-stack.mjs'
 let s, key;
 const SECRET = 'test-token-secret-0123456789';
 const hmac = (kind, id) => crypto.createHmac('sha256', SECRET).update(`${kind}:${id}`).digest('hex');
+
+after(async () => { await s?.stop(); });
 
 before(async () => {
   const node = { sandboxes: 100, vcpu: 64, memoryMB: 65536 };

@@ -1,7 +1,7 @@
 // Scheduler through the API: two gateways, three node test doubles, real PostgreSQL and Redis.
 // Placement limits under concurrency, reservations after a gateway dies, expiry, reconciliation,
 // heartbeat loss, cordon/drain.
-import { test, before } from 'node:test';
+import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { schedStack, team, api, pool } from './lib/sched-stack.mjs';
 import { sleep, waitFor, SANDGATE } from './lib/services.mjs';
@@ -12,6 +12,8 @@ import { promisify } from 'node:util';
 const cli = async (...args) => (await promisify(execFile)(SANDGATE, ['--config', s.config, ...args])).stdout;
 
 let s;
+
+after(async () => { await s?.stop(); });
 
 before(async () => {
   const node = { sandboxes: 20, vcpu: 64, memoryMB: 65536 };

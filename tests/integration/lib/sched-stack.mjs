@@ -36,7 +36,15 @@ export async function schedStack({ gateways = 1, nodes = [{}], extra = SCHED_EXT
   for (let i = 0; i < gateways; i++) gws.push(await startGateway({ pg, redis, extra, name: `gw${i}` }));
   const resp = await Resp.connect(redis.address);
   onCleanup(() => resp.close());
-  return { pg, redis, gws, gw: gws[0], nodes: doubles, config, resp };
+  // Everything this stack holds open, so that the test file's process can exit.
+  const stop = async () => {
+    resp.close();
+    for (const g of gws) await g.stop('SIGKILL');
+    await Promise.all(doubles.map((n) => n.stop()));
+    await redis.stop();
+    await pg.stop();
+  };
+  return { pg, redis, gws, gw: gws[0], nodes: doubles, config, resp, stop };
 }
 
 export function team(config, name, ...opts) {
