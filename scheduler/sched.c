@@ -94,6 +94,7 @@ struct refresh {
     sg__view_t view;
     slot_t *slots;
     sg_redis_cmd_t **cmds;
+    bool *reused; /* node entry copied from the previous view (heartbeat unchanged) */
     size_t pending;
 };
 
@@ -232,6 +233,7 @@ void sg_sched_free(sg_sched_t *s)
         sg__view_clear(&rf->view);
         free(rf->slots);
         free(rf->cmds);
+        free(rf->reused);
         free(rf);
     }
     for (waiter_t *w = s->waiters, *nw; w != NULL; w = nw) {
@@ -1154,6 +1156,30 @@ int sg_sched_refresh(sg_sched_t *s, sg_sched_done_cb cb, void *data)
 
 static void refresh_done(sg_sched_t *s, int err, refresh_t *rf);
 
+/* qsort has no context argument: the view being sorted (loop thread only, so per-thread). */
+static _Thread_local const sg__view_t *sort_view;
+
+static int cmp_view_id(const void *a, const void *b)
+{
+    return strcmp(sort_view->nodes[*(const size_t *)a].id, sort_view->nodes[*(const size_t *)b].id);
+}
+
+static const sg__node_t *find_sorted(const sg__view_t *v, const size_t *order, const char *id)
+{
+    size_t lo = 0, hi = v->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(v->nodes[order[mid]].id, id);
+        if (c == 0)
+            return &v->nodes[order[mid]];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
 static void on_refresh_timer(uv_timer_t *t)
 {
     sg_sched_t *s = t->data;
@@ -1205,7 +1231,7 @@ static void on_node_index(sg_redis_t *r, redisReply *reply, void *data)
         refresh_done(s, SG_EUNAVAIL, rf);
         return;
     }
-    size_t n = reply->elements;
+    size_t n = reply->elements / 2; /* id, score pairs */
     if (n == 0) {
         refresh_done(s, 0, rf);
         return;
@@ -1213,17 +1239,41 @@ static void on_node_index(sg_redis_t *r, redisReply *reply, void *data)
     rf->view.nodes = calloc(n, sizeof(sg__node_t));
     rf->slots = calloc(2 * n, sizeof(slot_t));
     rf->cmds = calloc(2 * n, sizeof(sg_redis_cmd_t *));
-    if (rf->view.nodes == NULL || rf->slots == NULL || rf->cmds == NULL) {
+    rf->reused = calloc(n, sizeof(bool));
+    if (rf->view.nodes == NULL || rf->slots == NULL || rf->cmds == NULL || rf->reused == NULL) {
         refresh_done(s, SG_ENOMEM, rf);
         return;
     }
     rf->view.n = n;
+    /* The old view sorted by id: a node whose heartbeat (the index score) has not moved since
+     * the last refresh has an unchanged hash (nodes write both in one MULTI), so only its
+     * allocation is read again. With 1,000 nodes heartbeating every second and a 250 ms
+     * refresh this cuts the node-hash reads by about four. */
+    size_t *order = s->view.n > 0 ? malloc(s->view.n * sizeof(size_t)) : NULL;
+    for (size_t i = 0; order != NULL && i < s->view.n; i++)
+        order[i] = i;
+    if (order != NULL) {
+        sort_view = &s->view;
+        qsort(order, s->view.n, sizeof(size_t), cmp_view_id);
+    }
     for (size_t i = 0; i < n; i++) {
-        redisReply *e = reply->element[i];
+        redisReply *e = reply->element[2 * i], *sc = reply->element[2 * i + 1];
         if (e->type != REDIS_REPLY_STRING)
             continue;
         snprintf(rf->view.nodes[i].id, sizeof(rf->view.nodes[i].id), "%s", e->str);
+        long long hb = sc->type == REDIS_REPLY_STRING ? atoll(sc->str) : -1;
+        const sg__node_t *old = order != NULL ? find_sorted(&s->view, order, e->str) : NULL;
+        if (old != NULL && old->heartbeat_ms == hb && hb > 0 && old->templates != NULL) {
+            sg__node_t *nn = &rf->view.nodes[i];
+            *nn = *old;
+            nn->templates = strdup(old->templates);
+            nn->labels = old->labels != NULL ? json_incref(old->labels) : NULL;
+            if (nn->templates == NULL)
+                nn->heartbeat_ms = -1;
+            rf->reused[i] = true;
+        }
     }
+    free(order);
     for (size_t i = 0; i < n; i++) {
         char knode[128], kalloc[128];
         snprintf(knode, sizeof(knode), "{sg}:node:%s", rf->view.nodes[i].id);
@@ -1234,15 +1284,18 @@ static void on_node_index(sg_redis_t *r, redisReply *reply, void *data)
         const char *a2[] = {"HMGET", kalloc, "vcpu", "mem", "n"};
         rf->slots[2 * i] = (slot_t){rf, i, false};
         rf->slots[2 * i + 1] = (slot_t){rf, i, true};
-        rf->cmds[2 * i] = sg_redis_command(s->redis, on_node_hmget, &rf->slots[2 * i], 14, a1, NULL);
-        if (rf->cmds[2 * i] != NULL)
-            rf->pending++;
+        if (!rf->reused[i]) {
+            rf->cmds[2 * i] =
+                sg_redis_command(s->redis, on_node_hmget, &rf->slots[2 * i], 14, a1, NULL);
+            if (rf->cmds[2 * i] != NULL)
+                rf->pending++;
+            else
+                rf->view.nodes[i].heartbeat_ms = -1;
+        }
         rf->cmds[2 * i + 1] =
             sg_redis_command(s->redis, on_node_hmget, &rf->slots[2 * i + 1], 5, a2, NULL);
         if (rf->cmds[2 * i + 1] != NULL)
             rf->pending++;
-        if (rf->cmds[2 * i] == NULL)
-            rf->view.nodes[i].heartbeat_ms = -1;
     }
     if (rf->pending == 0)
         refresh_done(s, SG_ENOMEM, rf);
@@ -1255,8 +1308,8 @@ static void refresh_start(sg_sched_t *s)
         return;
     rf->s = s;
     /* Waiters registered before this point are served by this refresh. */
-    const char *argv[] = {"ZRANGE", "{sg}:nodes", "0", "-1"};
-    rf->zcmd = sg_redis_command(s->redis, on_node_index, rf, 4, argv, NULL);
+    const char *argv[] = {"ZRANGE", "{sg}:nodes", "0", "-1", "WITHSCORES"};
+    rf->zcmd = sg_redis_command(s->redis, on_node_index, rf, 5, argv, NULL);
     if (rf->zcmd == NULL) {
         free(rf);
         return;
@@ -1288,6 +1341,7 @@ static void refresh_done(sg_sched_t *s, int err, refresh_t *rf)
     }
     free(rf->slots);
     free(rf->cmds);
+    free(rf->reused);
     free(rf);
     waiter_t *w = s->waiters;
     s->waiters = NULL;
