@@ -347,8 +347,8 @@ sg_sched_op_t *sg_sched_create(sg_sched_t *s, const sg_sched_create_req_t *req,
     op->req.metadata = NULL;
     op->labels = req->labels != NULL ? json_deep_copy(req->labels) : NULL;
     op->req.labels = op->labels;
-    op->meta_json = json_dumps(req->metadata != NULL ? req->metadata : json_object(),
-                               JSON_COMPACT | JSON_SORT_KEYS);
+    op->meta_json = req->metadata != NULL ? json_dumps(req->metadata, JSON_COMPACT | JSON_SORT_KEYS)
+                                          : strdup("{}");
     if (op->meta_json == NULL)
         goto fail;
     char tok[65];
