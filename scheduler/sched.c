@@ -73,6 +73,7 @@ struct sg_sched_op {
     sg_sched_end_mode_t mode;
     char action[16];
     bool in_call;          /* inside sg_sched_create: completions must be deferred */
+    bool renamed;          /* id changed after a collision: node_body must follow */
     struct deferred *deferred;
 };
 
@@ -492,6 +493,7 @@ static void on_reserve(sg_redis_t *r, redisReply *reply, void *data)
         return;
     case 3: /* id collision: a fresh id, same node */
         sg_sched_new_id(op->id);
+        op->renamed = true;
         op->attempt--;
         create_next(op);
         return;
@@ -506,11 +508,11 @@ static void on_reserve(sg_redis_t *r, redisReply *reply, void *data)
         nd->alloc_mem += op->req.mem_mb;
         nd->alloc_n += 1;
     }
-    /* The body was built with the first id; after a collision the id differs: rebuild it. */
-    json_t *b = json_loads(op->node_body, 0, NULL);
-    if (b != NULL) {
-        const char *bid = json_string_value(json_object_get(b, "sandboxID"));
-        if (bid != NULL && strcmp(bid, op->id) != 0) {
+    /* The body was built with the first id; after a collision (rare) the id differs. */
+    if (op->renamed) {
+        op->renamed = false;
+        json_t *b = json_loads(op->node_body, 0, NULL);
+        if (b != NULL) {
             char tok[65];
             sg_sched_token(s, "envd", op->id, tok);
             json_object_set_new(b, "sandboxID", json_string(op->id));
@@ -521,8 +523,8 @@ static void on_reserve(sg_redis_t *r, redisReply *reply, void *data)
                 free(op->node_body);
                 op->node_body = nb;
             }
+            json_decref(b);
         }
-        json_decref(b);
     }
     uint64_t now = sg_mono_ns();
     int left = op->deadline_ns > now ? (int)((op->deadline_ns - now) / 1000000ull) : 1;
@@ -557,8 +559,10 @@ static void on_node_created(int err, int status, const char *body, size_t len, v
             snprintf(path, sizeof(path), "/v1/sandboxes/%s", op->id);
             node_call_detached(s, op->node, "DELETE", path, NULL);
         }
-        if (status == 409)
+        if (status == 409) {
             sg_sched_new_id(op->id);
+            op->renamed = true;
+        }
         if (err == SG_ETIMEOUT && sg_mono_ns() > op->deadline_ns) {
             create_fail(op, SG_ETIMEOUT);
             return;
