@@ -11,6 +11,8 @@
 
 static const sg_route_t *const route_tables[] = {
     sg__routes_teams,
+    sg__routes_sandboxes,
+    sg__routes_admin,
 };
 
 #define NTABLES (sizeof(route_tables) / sizeof(route_tables[0]))

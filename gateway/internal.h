@@ -19,6 +19,8 @@
 #include "auth/auth.h"
 
 typedef struct sg_worker sg_worker_t;
+typedef struct sg__sbx_worker sg__sbx_worker_t; /* api_sandboxes.c: scheduler + template cache */
+struct sg_sched;
 
 /* ---- routes ---------------------------------------------------------------------------------- */
 
@@ -48,6 +50,8 @@ typedef struct {
 
 /* Route tables contributed by api_*.c, each terminated by {NULL}. api.c lists them. */
 extern const sg_route_t sg__routes_teams[];
+extern const sg_route_t sg__routes_sandboxes[];
+extern const sg_route_t sg__routes_admin[];
 
 /* ---- workers and server ---------------------------------------------------------------------- */
 
@@ -76,6 +80,7 @@ struct sg_worker {
     sg_pg_t *pg;
     sg_redis_t *redis;
     sg_auth_t *auth;
+    sg__sbx_worker_t *sbx; /* api_sandboxes.c */
     uint64_t rng;
     int inflight;
     bool stopping;
@@ -111,6 +116,14 @@ const char *sg__api_route_label(int idx);
 /* Reads the request body as JSON (objects only). On failure sends the 400/413/415 error itself
  * and returns NULL. The result is owned by the caller (json_decref). */
 json_t *sg_api_body_json(sg_api_call_t *call);
+
+/* api_sandboxes.c: the worker's scheduler (worker 0 also runs the reaper, reservation sweep and
+ * reconciliation). init after the worker's Redis and PostgreSQL clients exist; 0 or SG_ENOMEM. */
+int sg__sandboxes_worker_init(sg_worker_t *w);
+void sg__sandboxes_worker_fini(sg_worker_t *w);
+struct sg_sched *sg__sandboxes_sched(sg_worker_t *w);
+/* api_admin.c: `sandgate node list|cordon|uncordon|drain` (blocking; not on a loop). */
+int sg__node_cli(const sg_gateway_config_t *cfg, int argc, char **argv, FILE *out, FILE *err);
 
 /* metrics.c */
 void sg__metrics_observe(sg_worker_t *w, int route, int status, uint64_t us);

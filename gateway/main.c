@@ -15,6 +15,7 @@ static const char usage[] =
     "  migrate                    apply database migrations\n"
     "  team create|list|update    manage teams\n"
     "  key create|list|revoke     manage API keys\n"
+    "  node list|cordon|uncordon|drain [ID]  manage nodes (placement)\n"
     "  config check FILE [--node] validate a config and print the effective values\n"
     "  config reference           print the configuration reference (Markdown)\n"
     "  version                    print the version\n"
@@ -49,6 +50,23 @@ static int with_dsn(const char *config, int (*fn)(const char *dsn, int argc, cha
         return 1;
     }
     int rc = fn(cfg.postgres.dsn, argc, argv, stdout, stderr);
+    sg_config_free_gateway(&cfg);
+    return rc;
+}
+
+static int with_config(const char *config, int argc, char **argv)
+{
+    static char err[8192];
+    sg_gateway_config_t cfg;
+    if (config == NULL) {
+        fprintf(stderr, "sandgate: no config: pass --config FILE or set SANDGATE_CONFIG\n");
+        return 2;
+    }
+    if (sg_config_load_gateway(config, &cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s", err);
+        return 1;
+    }
+    int rc = sg__node_cli(&cfg, argc, argv, stdout, stderr);
     sg_config_free_gateway(&cfg);
     return rc;
 }
@@ -112,6 +130,8 @@ int sg_gateway_main(int argc, char **argv)
         return with_dsn(config, do_migrate, argc - 2, argv + 2);
     if (strcmp(cmd, "team") == 0)
         return with_dsn(config, sg_auth_admin_team, argc - 2, argv + 2);
+    if (strcmp(cmd, "node") == 0)
+        return with_config(config, argc - 2, argv + 2);
     if (strcmp(cmd, "key") == 0)
         return with_dsn(config, sg_auth_admin_key, argc - 2, argv + 2);
     if (strcmp(cmd, "config") == 0 && argc >= 3 && strcmp(argv[2], "check") == 0)

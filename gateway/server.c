@@ -230,6 +230,10 @@ static int worker_init(sg_worker_t *w, int index, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    if (sg__sandboxes_worker_init(w) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     for (size_t i = 0; i < c->nlisteners; i++) {
         if (bind_listener(w, i, err, errlen) != 0)
             return -1;

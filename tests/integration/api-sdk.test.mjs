@@ -1,0 +1,64 @@
+// The official E2B SDK (npm e2b 2.51.0) against the gateway with node test doubles: create, list
+// with a metadata filter, getInfo, setTimeout, connect, kill. (envd calls are the envd issue's.)
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Sandbox } from 'e2b';
+import { schedStack, team } from './lib/sched-stack.mjs';
+
+let s, opts;
+
+after(async () => { await s?.stop(); });
+
+before(async () => {
+  const node = { sandboxes: 50, vcpu: 64, memoryMB: 65536 };
+  s = await schedStack({ gateways: 1, nodes: [node, node] });
+  const key = team(s.config, 'sdk', '--max-concurrent', '10', '--max-timeout', '3600');
+  opts = { apiKey: key, apiUrl: s.gw.url, sandboxUrl: s.gw.url, domain: 'sandgate.test', requestTimeoutMs: 10000 };
+});
+
+test('SDK: create, list with metadata filter, getInfo, setTimeout, connect, kill', async () => {
+  const run = `r${Date.now()}`;
+  const meta = { suite: 'sdk', run, tricky: 'a b&c=d+e%f' };
+  const a = await Sandbox.create('base', { ...opts, metadata: meta, timeoutMs: 120000 });
+  const b = await Sandbox.create('base', { ...opts, metadata: { suite: 'sdk', run: 'other' } });
+  assert.match(a.sandboxId, /^[a-z0-9]{20}$/);
+
+  const info = await a.getInfo();
+  assert.equal(info.sandboxId, a.sandboxId);
+  assert.equal(info.templateId, 'base');
+  assert.deepEqual(info.metadata, meta, 'metadata comes back exactly as given');
+  assert.equal(info.state, 'running');
+  const end0 = info.endAt.getTime();
+  assert.ok(Math.abs(end0 - (Date.now() + 120000)) < 5000);
+
+  const pager = Sandbox.list({ ...opts, query: { metadata: { run, tricky: 'a b&c=d+e%f' } } });
+  const items = await pager.nextItems();
+  assert.deepEqual(items.map((x) => x.sandboxId), [a.sandboxId]);
+  assert.equal(pager.hasNext, false);
+  const all = await Sandbox.list({ ...opts, query: { metadata: { suite: 'sdk' } } }).nextItems();
+  assert.deepEqual(all.map((x) => x.sandboxId).sort(), [a.sandboxId, b.sandboxId].sort());
+
+  await a.setTimeout(600000);
+  const end1 = (await a.getInfo()).endAt.getTime();
+  assert.ok(end1 > end0 + 400000, 'setTimeout moved the end');
+
+  const c = await Sandbox.connect(a.sandboxId, { ...opts, timeoutMs: 30000 });
+  assert.equal(c.sandboxId, a.sandboxId);
+  assert.equal((await c.getInfo()).endAt.getTime(), end1, 'connect with a shorter timeout leaves endAt unchanged');
+
+  assert.equal(await a.kill(), true);
+  assert.equal(await Sandbox.kill(a.sandboxId, opts), false, 'killing an unknown sandbox returns false');
+  await assert.rejects(Sandbox.getInfo(a.sandboxId, opts), (e) => /doesn't exist|not found/i.test(e.message));
+  await assert.rejects(Sandbox.connect(a.sandboxId, opts));
+  assert.equal(await b.kill(), true);
+  assert.deepEqual(await Sandbox.list({ ...opts, query: { metadata: { suite: 'sdk' } } }).nextItems(), []);
+});
+
+test('SDK: the team limit surfaces as a rate-limit error; a bad key as an auth error', async () => {
+  const key = team(s.config, 'sdk-small', '--max-concurrent', '1');
+  const o = { ...opts, apiKey: key };
+  const one = await Sandbox.create('base', o);
+  await assert.rejects(Sandbox.create('base', o), (e) => e.name === 'RateLimitError' || /429|concurrent/i.test(e.message));
+  await one.kill();
+  await assert.rejects(Sandbox.create('base', { ...opts, apiKey: 'e2b_' + '1'.repeat(40) }), (e) => e.name === 'AuthenticationError');
+});
