@@ -141,6 +141,8 @@ static void on_event(const char *kind, const char *sandbox_id, const char *team_
                      const char *node_id, const char *detail, void *data)
 {
     sg__sbx_worker_t *st = data;
+    if (strcmp(kind, "kill") == 0 || strcmp(kind, "expire") == 0)
+        sg__edge_forget(st->w, sandbox_id, true);
     json_t *d = json_pack("{s:s?}", "detail", detail);
     char *ds = d != NULL ? json_dumps(d, JSON_COMPACT) : NULL;
     const char *params[] = {sandbox_id, team_id != NULL ? team_id : "", node_id != NULL ? node_id : "",

@@ -20,6 +20,7 @@
 
 typedef struct sg_worker sg_worker_t;
 typedef struct sg__sbx_worker sg__sbx_worker_t; /* api_sandboxes.c: scheduler + template cache */
+typedef struct sg__edge_worker sg__edge_worker_t; /* edge.c: route cache, proxy client context */
 struct sg_sched;
 
 /* ---- routes ---------------------------------------------------------------------------------- */
@@ -81,6 +82,7 @@ struct sg_worker {
     sg_redis_t *redis;
     sg_auth_t *auth;
     sg__sbx_worker_t *sbx; /* api_sandboxes.c */
+    sg__edge_worker_t *edge; /* edge.c */
     uint64_t rng;
     int inflight;
     bool stopping;
@@ -124,6 +126,17 @@ void sg__sandboxes_worker_fini(sg_worker_t *w);
 struct sg_sched *sg__sandboxes_sched(sg_worker_t *w);
 /* api_admin.c: `sandgate node list|cordon|uncordon|drain` (blocking; not on a loop). */
 int sg__node_cli(const sg_gateway_config_t *cfg, int argc, char **argv, FILE *out, FILE *err);
+
+/* edge.c: sandbox traffic (routing/, the catalog look-up and the node proxy).
+ * sg__edge_handle returns -1 when the request is for the API (the caller continues), else 0:
+ * the request was answered or handed to the proxy. init after the worker's h2o context and Redis
+ * client exist; 0 or SG_ENOMEM. sg__edge_forget drops a sandbox from this worker's route cache
+ * and, with publish, tells every gateway's workers (kill, expiry). Loop thread only. */
+int sg__edge_worker_init(sg_worker_t *w);
+void sg__edge_worker_fini(sg_worker_t *w);
+int sg__edge_handle(h2o_req_t *req);
+void sg__edge_forget(sg_worker_t *w, const char *sandbox_id, bool publish);
+void sg__edge_stats(sg_worker_t *w, uint64_t *hits, uint64_t *misses);
 
 /* metrics.c */
 void sg__metrics_observe(sg_worker_t *w, int route, int status, uint64_t us);

@@ -230,7 +230,7 @@ static int worker_init(sg_worker_t *w, int index, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    if (sg__sandboxes_worker_init(w) != 0) {
+    if (sg__sandboxes_worker_init(w) != 0 || sg__edge_worker_init(w) != 0) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
