@@ -1,0 +1,210 @@
+// Edge data path (issue 6): the gateway routes sandbox traffic by Host (<port>-<id>.<domain>) or
+// by the e2b-sandbox-* headers, looks the sandbox up in the Redis catalog and proxies to a REAL
+// node agent (lib/node-harness.mjs: its own network namespace, runc sandboxes from the `base`
+// template) with PostgreSQL, Redis and the gateway from lib/services.mjs. Needs root.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { Sandbox } from 'e2b';
+import { World, canRun, TOKEN, waitFor } from './lib/node-harness.mjs';
+import { startPostgres, startGateway, gatewayConfig, sandgate, createTeam, createKey, tmpdir } from './lib/services.mjs';
+
+const DOMAIN = 'sandgate.test';
+const GW_NODE_TOKEN = 'test-node-token-0123456789'; // what gatewayConfig() writes
+const why = canRun();
+const opts = { skip: why || false, timeout: 180000 };
+let w, pg, gw, gw2, key, sdk;
+
+before(async () => {
+  if (why) return;
+  w = new World();
+  const node = await w.makeNode('e1');
+  writeFileSync(node.config, readFileSync(node.config, 'utf8').replace(TOKEN, GW_NODE_TOKEN));
+  await w.startRedis();
+  await w.startNode(node);
+  pg = await startPostgres();
+  const redis = { address: `127.0.0.1:${w.redisPort}` };
+  const cfg = path.join(tmpdir('cfg'), 'admin.yaml');
+  writeFileSync(cfg, gatewayConfig({ port: 1, pg, redis }));
+  sandgate(cfg, 'migrate');
+  createTeam(cfg, 'edge', '--max-concurrent', '10', '--max-timeout', '3600');
+  key = createKey(cfg, 'edge');
+  gw = await startGateway({ pg, redis, extra: 'http:\n  proxy_max_body_bytes: 65536\n' });
+  // a second gateway: learns of kills on the first one through Redis pub/sub only
+  gw2 = await startGateway({ pg, redis, name: 'gw2' });
+  sdk = { apiKey: key, apiUrl: gw.url, sandboxUrl: gw.url, domain: DOMAIN, requestTimeoutMs: 30000 };
+});
+
+after(async () => {
+  if (gw) await gw.stop('SIGKILL');
+  if (gw2) await gw2.stop('SIGKILL');
+  if (pg) await pg.stop();
+  if (w) await w.close();
+});
+
+// curl through the gateway; returns { status, body, type }.
+function curl(url, args = []) {
+  const out = execFileSync('curl', ['-sS', '-m', '10', '-o', '-', '-w', '\n%{http_code} %{content_type}', ...args, url],
+    { encoding: 'utf8' });
+  const nl = out.lastIndexOf('\n');
+  const [status, type] = out.slice(nl + 1).split(' ');
+  return { status: Number(status), body: out.slice(0, nl), type };
+}
+const hostUrl = (port, id, p = '/') => [`http://${port}-${id}.${DOMAIN}:${gw.port}${p}`,
+  ['--resolve', `${port}-${id}.${DOMAIN}:${gw.port}:127.0.0.1`]];
+const viaHost = (port, id, p, args = []) => { const [u, a] = hostUrl(port, id, p); return curl(u, [...a, ...args]); };
+const viaHeaders = (port, id, p = '/', args = []) => curl(`${gw.url}${p}`,
+  ['-H', `e2b-sandbox-id: ${id}`, '-H', `e2b-sandbox-port: ${port}`, ...args]);
+
+test('edge: SDK envd calls, a sandbox port by host and by headers, 502 for a closed port and after kill', opts, async () => {
+  const sbx = await Sandbox.create('base', { ...sdk, timeoutMs: 300000 });
+  try {
+    // (a) the SDK's envd traffic goes through the edge (E2B_SANDBOX_URL = the gateway)
+    const r = await sbx.commands.run('echo hi');
+    assert.equal(r.exitCode, 0);
+    assert.equal(r.stdout, 'hi\n');
+    await sbx.files.write('/home/user/edge.txt', 'through the edge\n');
+    assert.equal(await sbx.files.read('/home/user/edge.txt'), 'through the edge\n');
+
+    // (b) a server on port 8000 in the sandbox
+    await sbx.commands.run('mkdir -p /tmp/www && echo edge-ok > /tmp/www/index.html && cd /tmp/www && python3 -m http.server 8000',
+      { background: true });
+    await waitFor(() => viaHost(8000, sbx.sandboxId, '/index.html').status === 200, 15000, 100);
+    let h = viaHost(8000, sbx.sandboxId, '/index.html');
+    assert.equal(h.status, 200);
+    assert.equal(h.body, 'edge-ok\n');
+    h = viaHeaders(8000, sbx.sandboxId, '/index.html');
+    assert.equal(h.status, 200);
+    assert.equal(h.body, 'edge-ok\n');
+    // a host with a free-form suffix after the id routes the same
+    h = viaHost(8000, `${sbx.sandboxId}-client1`, '/index.html');
+    assert.equal(h.status, 200);
+    // the request headers the sandbox sees: forwarded headers set, node headers removed
+    await sbx.commands.run(`cat > /tmp/hdr.py <<'EOF'
+import http.server, json
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+        self.send_response(200); self.send_header('content-type', 'application/json')
+        self.send_header('content-length', str(len(b))); self.end_headers(); self.wfile.write(b)
+    def do_POST(self):
+        n = int(self.headers.get('content-length', 0)); d = self.rfile.read(n)
+        self.send_response(200); self.send_header('content-length', str(len(d))); self.end_headers(); self.wfile.write(d)
+http.server.ThreadingHTTPServer(('0.0.0.0', 8002), H).serve_forever()
+EOF
+python3 /tmp/hdr.py`, { background: true });
+    await waitFor(() => viaHost(8002, sbx.sandboxId, '/').status === 200, 15000, 100);
+    h = viaHost(8002, sbx.sandboxId, '/', ['-H', 'x-sandgate-node-token: forged', '-H', 'keep-alive: 5']);
+    const seen = JSON.parse(h.body);
+    assert.equal(seen['x-forwarded-host'], `8002-${sbx.sandboxId}.${DOMAIN}:${gw.port}`);
+    assert.equal(seen['x-forwarded-proto'], 'http');
+    assert.ok(seen['x-forwarded-for'].includes('127.0.0.1'), JSON.stringify(seen));
+    for (const k of Object.keys(seen)) assert.ok(!k.startsWith('x-sandgate-'), `leaked ${k}`);
+    assert.equal(seen['keep-alive'], undefined);
+    // request bodies: under the bound pass, over it 413 (http.proxy_max_body_bytes = 64 KiB)
+    h = viaHost(8002, sbx.sandboxId, '/', ['--data-binary', 'x'.repeat(1000)]);
+    assert.equal(h.status, 200);
+    assert.equal(h.body.length, 1000);
+    h = viaHost(8002, sbx.sandboxId, '/', ['--data-binary', 'x'.repeat(70000)]);
+    assert.equal(h.status, 413);
+    assert.equal(JSON.parse(h.body).code, 413);
+
+    // nothing listens on 8001: the node's own 502
+    h = viaHost(8001, sbx.sandboxId, '/');
+    assert.equal(h.status, 502);
+    assert.match(JSON.parse(h.body).message, /port 8001 is not open/);
+    h = viaHeaders(8001, sbx.sandboxId, '/');
+    assert.equal(h.status, 502);
+    assert.match(JSON.parse(h.body).message, /port 8001 is not open/);
+
+    // the second gateway serves the sandbox too (and so caches its route in both its workers)
+    const on2 = (args = []) => curl(`http://8000-${sbx.sandboxId}.${DOMAIN}:${gw2.port}/index.html`,
+      ['--resolve', `8000-${sbx.sandboxId}.${DOMAIN}:${gw2.port}:127.0.0.1`, ...args]);
+    for (let i = 0; i < 4; i++) assert.equal(on2().status, 200);
+
+    // (c) killed: the URL (cached a moment ago) answers the edge's 502 right after kill returns,
+    // on the gateway that killed it and on the other one
+    await sbx.kill();
+    for (let i = 0; i < 4; i++) {
+      h = on2();
+      assert.equal(h.status, 502, h.body);
+      assert.equal(JSON.parse(h.body).message, 'The sandbox was not found');
+    }
+    h = viaHost(8000, sbx.sandboxId, '/index.html');
+    assert.equal(h.status, 502);
+    assert.deepEqual(JSON.parse(h.body), { sandboxId: sbx.sandboxId, message: 'The sandbox was not found', code: 502 });
+    h = viaHeaders(8000, sbx.sandboxId, '/index.html');
+    assert.equal(h.status, 502);
+    assert.equal(JSON.parse(h.body).sandboxId, sbx.sandboxId);
+  } finally {
+    await sbx.kill().catch(() => {});
+  }
+});
+
+test('edge: unknown sandbox 502 (JSON, HTML for browsers), malformed hosts and headers 400, API still served', opts, async () => {
+  let h = viaHost(8000, 'nosuchsandbox0', '/');
+  assert.equal(h.status, 502);
+  assert.deepEqual(JSON.parse(h.body), { sandboxId: 'nosuchsandbox0', message: 'The sandbox was not found', code: 502 });
+  h = viaHost(8000, 'nosuchsandbox0', '/', ['-H', 'accept: text/html,application/xhtml+xml']);
+  assert.equal(h.status, 502);
+  assert.match(h.type, /text\/html/);
+  assert.match(h.body, /nosuchsandbox0/);
+  h = viaHost(8000, 'nosuchsandbox0', '/', ['-H', 'sec-fetch-mode: navigate']);
+  assert.match(h.type, /text\/html/);
+
+  const bad = (host) => curl(`${gw.url}/`, ['-H', `host: ${host}`]);
+  for (const [host, word] of [[`0-abc.${DOMAIN}`, 'port'], [`65536-abc.${DOMAIN}`, 'port'],
+    [`8000.${DOMAIN}`, 'sandbox ID'], [`a.b.${DOMAIN}`, 'labels'], [`8000-a_b.${DOMAIN}`, 'sandbox ID']]) {
+    h = bad(host);
+    assert.equal(h.status, 400, host);
+    const j = JSON.parse(h.body);
+    assert.equal(j.code, 400);
+    assert.ok(j.message.includes(word), `${host}: ${j.message}`);
+  }
+  h = curl(`${gw.url}/`, ['-H', 'e2b-sandbox-id: abc']);
+  assert.equal(h.status, 400);
+  assert.match(JSON.parse(h.body).message, /e2b-sandbox-port/);
+  h = curl(`${gw.url}/`, ['-H', 'e2b-sandbox-id: abc', '-H', 'e2b-sandbox-port: 70000']);
+  assert.equal(h.status, 400);
+
+  // the API on api.<domain> and on the shared host without sandbox headers
+  h = curl(`http://api.${DOMAIN}:${gw.port}/health`, ['--resolve', `api.${DOMAIN}:${gw.port}:127.0.0.1`]);
+  assert.equal(h.status, 200);
+  h = curl(`${gw.url}/sandboxes`, ['-H', `x-api-key: ${key}`]);
+  assert.equal(h.status, 200);
+});
+
+test('edge: traffic access token on non-envd ports when public traffic is disallowed', opts, async () => {
+  const sbx = await Sandbox.create('base', { ...sdk, timeoutMs: 300000, network: { allowPublicTraffic: false } });
+  try {
+    const tok = sbx.trafficAccessToken;
+    assert.match(tok || '', /^[0-9a-f]{64}$/);
+    // envd's port is not gated by the traffic token: the SDK works without sending it
+    const r = await sbx.commands.run('mkdir -p /tmp/w && echo tok-ok > /tmp/w/i.html');
+    assert.equal(r.exitCode, 0);
+    await sbx.commands.run('cd /tmp/w && python3 -m http.server 8000', { background: true });
+    const good = ['-H', `e2b-traffic-access-token: ${tok}`];
+    await waitFor(() => viaHost(8000, sbx.sandboxId, '/i.html', good).status === 200, 15000, 100);
+    let h = viaHost(8000, sbx.sandboxId, '/i.html', good);
+    assert.equal(h.status, 200);
+    assert.equal(h.body, 'tok-ok\n');
+    h = viaHost(8000, sbx.sandboxId, '/i.html');
+    assert.equal(h.status, 403);
+    assert.deepEqual(JSON.parse(h.body), { code: 403, message: 'Missing header e2b-traffic-access-token' });
+    const wrong = tok.slice(0, 63) + (tok[63] === '0' ? '1' : '0');
+    // (curl sends an empty header for "name;")
+    for (const t of [wrong, tok + '0', tok.slice(0, 10), tok.toUpperCase(), '']) {
+      h = viaHost(8000, sbx.sandboxId, '/i.html', ['-H', t ? `e2b-traffic-access-token: ${t}` : 'e2b-traffic-access-token;']);
+      assert.equal(h.status, 403, `token ${JSON.stringify(t)}`);
+      assert.equal(JSON.parse(h.body).message, 'Invalid header e2b-traffic-access-token');
+    }
+    h = viaHeaders(8000, sbx.sandboxId, '/i.html');
+    assert.equal(h.status, 403);
+    h = viaHeaders(8000, sbx.sandboxId, '/i.html', good);
+    assert.equal(h.status, 200);
+  } finally {
+    await sbx.kill().catch(() => {});
+  }
+});
