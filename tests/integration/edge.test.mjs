@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
+import net from 'node:net';
+import { createHash, randomBytes } from 'node:crypto';
 import { Sandbox } from 'e2b';
 import { World, canRun, TOKEN, waitFor } from './lib/node-harness.mjs';
 import { startPostgres, startGateway, gatewayConfig, sandgate, createTeam, createKey, tmpdir } from './lib/services.mjs';
@@ -204,6 +206,97 @@ test('edge: traffic access token on non-envd ports when public traffic is disall
     assert.equal(h.status, 403);
     h = viaHeaders(8000, sbx.sandboxId, '/i.html', good);
     assert.equal(h.status, 200);
+  } finally {
+    await sbx.kill().catch(() => {});
+  }
+});
+
+// A minimal RFC 6455 echo server (python3's standard library has no WebSocket module).
+const WS_ECHO = `import socket, hashlib, base64, threading
+G = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+def recvn(c, n):
+    b = b""
+    while len(b) < n:
+        d = c.recv(n - len(b))
+        if not d: raise EOFError
+        b += d
+    return b
+def serve(c):
+    buf = b""
+    while b"\\r\\n\\r\\n" not in buf:
+        d = c.recv(4096)
+        if not d: c.close(); return
+        buf += d
+    key = [l.split(b":", 1)[1].strip() for l in buf.split(b"\\r\\n") if l.lower().startswith(b"sec-websocket-key:")][0]
+    acc = base64.b64encode(hashlib.sha1(key + G).digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Accept: " + acc + b"\\r\\n\\r\\n")
+    try:
+        while True:
+            h = recvn(c, 2); op = h[0] & 15; n = h[1] & 127
+            if n == 126: n = int.from_bytes(recvn(c, 2), "big")
+            elif n == 127: n = int.from_bytes(recvn(c, 8), "big")
+            m = recvn(c, 4) if h[1] & 128 else b"\\0\\0\\0\\0"
+            p = bytes(x ^ m[i % 4] for i, x in enumerate(recvn(c, n)))
+            if op == 8: c.sendall(b"\\x88\\x00"); break
+            hdr = bytes([0x80 | op]) + (bytes([n]) if n < 126 else bytes([126]) + n.to_bytes(2, "big"))
+            c.sendall(hdr + p)
+    except EOFError: pass
+    c.close()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8003)); s.listen(16)
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+`;
+
+// Client side: handshake, then masked text frames; resolves with the echoed payloads.
+function wsEcho(port, host, messages) {
+  return new Promise((resolve, reject) => {
+    const key = randomBytes(16).toString('base64');
+    const want = createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
+    const sock = net.connect(port, '127.0.0.1');
+    const timer = setTimeout(() => { sock.destroy(); reject(new Error('websocket echo timed out')); }, 15000);
+    let buf = Buffer.alloc(0), upgraded = false;
+    const got = [];
+    const frame = (text) => {
+      const p = Buffer.from(text), m = randomBytes(4);
+      const out = Buffer.concat([Buffer.from([0x81, 0x80 | p.length]), m, Buffer.from(p.map((x, i) => x ^ m[i % 4]))]);
+      sock.write(out);
+    };
+    sock.on('error', (e) => { clearTimeout(timer); reject(e); });
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      if (!upgraded) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buf.subarray(0, end).toString('latin1');
+        buf = buf.subarray(end + 4);
+        if (!/^HTTP\/1\.1 101 /.test(head) || !head.toLowerCase().includes(`sec-websocket-accept: ${want.toLowerCase()}`)) {
+          clearTimeout(timer); sock.destroy(); reject(new Error(`no upgrade: ${head}`)); return;
+        }
+        upgraded = true;
+        frame(messages[0]);
+      }
+      while (buf.length >= 2 && buf.length >= 2 + (buf[1] & 127)) {
+        const n = buf[1] & 127;
+        got.push(buf.subarray(2, 2 + n).toString());
+        buf = buf.subarray(2 + n);
+        if (got.length === messages.length) { clearTimeout(timer); sock.destroy(); resolve(got); return; }
+        frame(messages[got.length]);
+      }
+    });
+    sock.write(`GET /ws HTTP/1.1\r\nHost: ${host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+  });
+}
+
+test('edge: a WebSocket echo server in the sandbox, through the edge by host', opts, async () => {
+  const sbx = await Sandbox.create('base', { ...sdk, timeoutMs: 300000 });
+  try {
+    await sbx.files.write('/tmp/ws.py', WS_ECHO);
+    await sbx.commands.run('python3 /tmp/ws.py', { background: true });
+    await waitFor(async () => { try { return (await wsEcho(gw.port, `8003-${sbx.sandboxId}.${DOMAIN}`, ['probe'])).length === 1; } catch { return false; } }, 15000, 200);
+    const msgs = ['hello-ws', 'second message', 'x'.repeat(100)];
+    assert.deepEqual(await wsEcho(gw.port, `8003-${sbx.sandboxId}.${DOMAIN}`, msgs), msgs);
   } finally {
     await sbx.kill().catch(() => {});
   }
