@@ -1,6 +1,9 @@
 // End to end on a real three-node cluster (tests/e2e/cluster.mjs): three hosts as network
 // namespaces with a real sandgate-node each (runc, the `base` template, the envd bundle), two
-// gateways, shared PostgreSQL and Redis, driven with the official `e2b` SDK and the REST API.
+// gateways, shared PostgreSQL and Redis, driven with the official `e2b` SDK and the REST API:
+// lifecycle, list paging and filters, expiry, team isolation, 30 parallel creates over three
+// nodes, a node agent SIGKILLed (lost, placement elsewhere, restart brings its sandboxes back),
+// a gateway SIGKILLed, and Redis data loss (reconciliation ends what the catalog forgot).
 // Calls into envd through the gateway (commands, files, ports) need the edge proxy and are not
 // here yet. Needs root, runc, build/ and the template (SANDGATE_TEMPLATES or SG_TEMPLATES_DIR,
 // default /var/lib/sandgate-cache/templates); skipped otherwise.
@@ -197,6 +200,17 @@ test('a node SIGKILLed: its sandboxes report lost; new creates go elsewhere', { 
     Sandbox.create('base', { ...sdk(i % 2 ? gwB : gwA), metadata: { run: `${run}-after` }, timeoutMs: 300000 })));
   for (const s of fresh) assert.notEqual(await nodeOf(gwB, s.sandboxId), victimName, 'nothing placed on the dead node');
   await Promise.all([...fresh.map((s) => s.kill()), ...elsewhere.map((id) => Sandbox.kill(id, sdk(gwA)))]);
+
+  // The agent restarted (as after an upgrade): it rediscovers the sandboxes it left running and
+  // they are reported running again.
+  await c.world.startNode(victim);
+  await waitFor(async () => {
+    const states = await Promise.all(onVictim.map(async (id) => (await rest(gwA, 'GET', `/sandboxes/${id}`)).json?.state));
+    return states.every((st) => st === 'running');
+  }, 15000);
+  assert.deepEqual((await onNode(victim)).filter((id) => onVictim.includes(id)).sort(), onVictim);
+  for (const id of onVictim) assert.equal(await Sandbox.kill(id, sdk(gwB)), true);
+  await waitFor(async () => (await onNode(victim)).filter((id) => onVictim.includes(id)).length === 0, 15000);
 }));
 
 test('a gateway SIGKILLed changes nothing for clients of the other', { skip: skip || false }, () => withLogs(async () => {
@@ -217,4 +231,19 @@ test('a gateway SIGKILLed changes nothing for clients of the other', { skip: ski
   for (const s of [viaA, ...more]) assert.equal(await s.kill(), true);
   assert.equal(await Sandbox.kill(viaB.sandboxId, o), true);
   assert.deepEqual(await Sandbox.list({ ...o, query: { metadata: { run } } }).nextItems(), []);
+}));
+
+test('Redis data lost: nodes re-register, sandboxes unknown to the catalog end, creates work again', { skip: skip || false }, () => withLogs(async () => {
+  const o = sdk(gwA);
+  const made = await Promise.all(Array.from({ length: 3 }, () => Sandbox.create('base', { ...o, metadata: { case: 'flush' }, timeoutMs: 300000 })));
+  const where = {};
+  for (const s of made) where[s.sandboxId] = nodeByName(await nodeOf(gwA, s.sandboxId));
+  c.world.redisCli('FLUSHALL');
+  // Reconciliation deletes, on each node, what the (now empty) catalog does not know.
+  for (const s of made) await waitFor(async () => !(await onNode(where[s.sandboxId])).includes(s.sandboxId), 20000);
+  await assert.rejects(Sandbox.getInfo(made[0].sandboxId, o));
+  await waitFor(async () => (await adminNodes(gwA)).filter((n) => n.status === 'ready').length === c.nodes.length, 10000);
+  const again = await Sandbox.create('base', { ...o, timeoutMs: 60000 });
+  assert.equal((await again.getInfo()).state, 'running');
+  await again.kill();
 }));
