@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import net from 'node:net';
-import { stack, sandgate, createTeam, createKey, SANDGATE, sleep, startGateway } from './lib/services.mjs';
+import { stack, sandgate, createTeam, createKey, SANDGATE, sleep, startGateway, shutdownAll } from './lib/services.mjs';
 
 const run = promisify(execFile);
 let s; // { pg, redis, gw, config }
@@ -13,7 +13,7 @@ let s; // { pg, redis, gw, config }
 before(async () => {
   s = await stack({ gatewayExtra: 'auth:\n  positive_ttl_ms: 1000\n  negative_ttl_ms: 500\n  fail_threshold: 8\n  fail_window_s: 2\n' });
 });
-after(async () => { await s.gw.stop('SIGKILL'); });
+after(() => shutdownAll());
 
 const me = (key, headers = {}) =>
   fetch(`${s.gw.url}/teams/me`, { headers: key ? { 'x-api-key': key, ...headers } : headers });
