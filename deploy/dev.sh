@@ -78,7 +78,7 @@ if [[ ! -f $S/secrets.env ]]; then
 fi
 set -a; . "$S/secrets.env"; set +a
 
-trap 'down; exit 130' INT TERM
+trap 'trap - EXIT; down; exit 130' INT TERM
 trap 'rc=$?; ((rc)) && { log "failed; logs in $S/log"; down; }' EXIT
 
 # Network namespace for the node, linked to the host by a veth pair.
