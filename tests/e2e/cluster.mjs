@@ -150,3 +150,17 @@ export function clusterLogs(c, lines = 30) {
   for (const g of c.gateways) parts.push(`--- ${g.name} (${g.log})\n${tail(g.log)}`);
   return parts.join('\n');
 }
+
+// `node tests/e2e/cluster.mjs` (as root, after a build): starts the cluster with a team and key,
+// prints what an E2B SDK client needs, and runs until Ctrl-C, which tears everything down.
+if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(new URL(import.meta.url).pathname)) {
+  const why = canRun();
+  if (why) { console.error(`cluster: cannot run: ${why}`); process.exit(1); }
+  const c = await startCluster();
+  const key = teamKey(c, 'dev', '--max-concurrent', '100');
+  console.log(`# ${c.nodes.length} nodes (${c.nodes.map((n) => `${n.name} ${n.api}`).join(', ')}), ${c.gateways.length} gateways`);
+  for (const g of c.gateways) console.log(`# ${g.name}: ${g.url}  log ${g.log}`);
+  console.log(`export E2B_API_KEY=${key}\nexport E2B_API_URL=${c.gateways[0].url}\nexport E2B_DOMAIN=${DOMAIN}`);
+  console.log('# Ctrl-C stops the cluster');
+  setInterval(() => {}, 1 << 30);
+}
