@@ -16,7 +16,8 @@ export const nodeBin = process.env.SG_NODE_BIN || join(repo, 'build/sandgate-nod
 export const envdBundle = process.env.SG_ENVD_BUNDLE ||
   (existsSync(join(repo, 'build/envd-bundle/sandgate-envd')) ? join(repo, 'build/envd-bundle')
     : join(here, 'node-envd-double'));
-export const templatesSrc = process.env.SG_TEMPLATES_DIR || '/var/lib/sandgate-cache/templates';
+export const templatesSrc = process.env.SG_TEMPLATES_DIR || process.env.SANDGATE_TEMPLATES ||
+  '/var/lib/sandgate-cache/templates';
 export const TOKEN = 'node-test-token-0123456789abcdef';
 
 export function sh(cmd, args, opts = {}) {
@@ -179,9 +180,21 @@ export class World {
     const list = trySh('runc', ['--root', root, 'list', '-q']);
     for (const id of (list || '').split('\n').filter(Boolean)) trySh('runc', ['--root', root, 'delete', '-f', id]);
     for (const m of mountsUnder(node.state)) trySh('umount', ['-l', m]);
-    // runc leaves the (then empty) parent cgroups /sandgate/<node id> in every hierarchy.
+    // A sandbox whose teardown the agent had begun when it was killed may have no runc state
+    // left but still run: kill what remains in the node's cgroups, then remove them (runc also
+    // leaves the empty parent cgroups /sandgate/<node id> in every hierarchy).
+    const nodeCg = (h) => `/sys/fs/cgroup/${h}/sandgate/${node.name}`;
+    let subs = [];
+    try { subs = readdirSync(nodeCg('pids'), { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name); } catch {}
+    for (const sub of subs) {
+      let pids = [];
+      try { pids = readFileSync(`${nodeCg('pids')}/${sub}/cgroup.procs`, 'utf8').split('\n').filter(Boolean); } catch {}
+      for (const pid of pids) { try { process.kill(Number(pid), 'SIGKILL'); } catch {} }
+    }
+    if (subs.length) trySh('sleep', ['0.2']);
     for (const h of readdirSync('/sys/fs/cgroup')) {
-      for (const d of [`/sys/fs/cgroup/${h}/sandgate/${node.name}`, `/sys/fs/cgroup/${h}/sandgate`]) {
+      for (const sub of subs) { try { rmdirSync(`${nodeCg(h)}/${sub}`); } catch {} }
+      for (const d of [nodeCg(h), `/sys/fs/cgroup/${h}/sandgate`]) {
         try { rmdirSync(d); } catch {}
       }
     }

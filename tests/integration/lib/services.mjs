@@ -22,6 +22,10 @@ for (const s of ['SIGINT', 'SIGTERM']) process.on(s, () => { killAll(); process.
 
 export function onCleanup(f) { cleanups.push(f); }
 
+// Kills every process this harness started and removes its folders: call from after(), since
+// a live child keeps the test file's process (and so the test run) from ending.
+export function shutdownAll() { killAll(); }
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export async function freePort() {

@@ -1,0 +1,1 @@
+sg_unit_test(auth sg_auth)
