@@ -47,7 +47,7 @@ struct sg__edge_worker {
     redisAsyncContext *sub;
     uv_timer_t resub;
     bool closing;
-    uint64_t hits, misses;
+    _Atomic uint64_t hits, misses; /* written by this worker, read by /metrics on any */
 };
 
 typedef struct {
@@ -114,8 +114,9 @@ void sg__edge_worker_fini(sg_worker_t *w)
 
 void sg__edge_stats(sg_worker_t *w, uint64_t *hits, uint64_t *misses)
 {
-    *hits = w->edge != NULL ? w->edge->hits : 0;
-    *misses = w->edge != NULL ? w->edge->misses : 0;
+    sg__edge_worker_t *e = w->edge;
+    *hits = e != NULL ? atomic_load_explicit(&e->hits, memory_order_relaxed) : 0;
+    *misses = e != NULL ? atomic_load_explicit(&e->misses, memory_order_relaxed) : 0;
 }
 
 int sg__edge_handle(h2o_req_t *req)
@@ -144,14 +145,14 @@ int sg__edge_handle(h2o_req_t *req)
     }
     cache_entry_t *ent = slot_of(e, rt.sandbox_id);
     if (strcmp(ent->id, rt.sandbox_id) == 0 && ent->expires_ms > sg_now_ms()) {
-        e->hits++;
+        atomic_fetch_add_explicit(&e->hits, 1, memory_order_relaxed);
         if (!ent->found)
             not_found(req, rt.sandbox_id);
         else
             forward(e, req, &rt, ent);
         return 0;
     }
-    e->misses++;
+    atomic_fetch_add_explicit(&e->misses, 1, memory_order_relaxed);
     pending_t *p = h2o_mem_alloc_shared(&req->pool, sizeof(*p), on_pending_dispose);
     p->req = req;
     p->e = e;

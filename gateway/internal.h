@@ -136,6 +136,7 @@ int sg__edge_worker_init(sg_worker_t *w);
 void sg__edge_worker_fini(sg_worker_t *w);
 int sg__edge_handle(h2o_req_t *req);
 void sg__edge_forget(sg_worker_t *w, const char *sandbox_id, bool publish);
+/* Route cache counters of one worker; callable from any thread (relaxed atomics). */
 void sg__edge_stats(sg_worker_t *w, uint64_t *hits, uint64_t *misses);
 
 /* metrics.c */

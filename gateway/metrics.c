@@ -148,6 +148,21 @@ void sg__metrics_render(h2o_req_t *req)
          "# TYPE sandgate_auth_cache_misses_total counter\n"
          "sandgate_auth_cache_misses_total %llu\n",
          (unsigned long long)hits, (unsigned long long)misses);
+    uint64_t rh = 0, rm = 0;
+    for (int i = 0; i < sg_server.nworkers; i++) {
+        uint64_t h, m;
+        sg__edge_stats(&sg_server.workers[i], &h, &m);
+        rh += h;
+        rm += m;
+    }
+    outf(&o,
+         "# HELP sandgate_route_cache_hits_total Sandbox routes answered from a worker's cache.\n"
+         "# TYPE sandgate_route_cache_hits_total counter\n"
+         "sandgate_route_cache_hits_total %llu\n"
+         "# HELP sandgate_route_cache_misses_total Sandbox routes looked up in the Redis catalog.\n"
+         "# TYPE sandgate_route_cache_misses_total counter\n"
+         "sandgate_route_cache_misses_total %llu\n",
+         (unsigned long long)rh, (unsigned long long)rm);
     outf(&o,
          "# HELP sandgate_uptime_seconds Seconds since this gateway started.\n"
          "# TYPE sandgate_uptime_seconds gauge\nsandgate_uptime_seconds %lld\n",

@@ -176,6 +176,12 @@ test('edge: unknown sandbox 502 (JSON, HTML for browsers), malformed hosts and h
   assert.equal(h.status, 200);
   h = curl(`${gw.url}/sandboxes`, ['-H', `x-api-key: ${key}`]);
   assert.equal(h.status, 200);
+
+  // route cache counters (the look-ups above missed the cache: the sandbox never existed)
+  const m = await (await fetch(`${gw.url}/metrics`)).text();
+  assert.match(m, /^sandgate_route_cache_hits_total \d+$/m);
+  assert.ok(Number(m.match(/^sandgate_route_cache_misses_total (\d+)$/m)[1]) >= 1);
+  assert.match(m, /route="sandbox-proxy",status="502"/);
 });
 
 test('edge: traffic access token on non-envd ports when public traffic is disallowed', opts, async () => {
