@@ -99,6 +99,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         sg__metrics_render(req);
         return 0;
     }
+    if (sg__ratelimit_check(req) != 0)
+        return 0;
     if (sg__edge_handle(req) == 0)
         return 0;
     if (sg__api_dispatch(req) != 0)

@@ -139,6 +139,10 @@ void sg__edge_forget(sg_worker_t *w, const char *sandbox_id, bool publish);
 /* Route cache counters of one worker; callable from any thread (relaxed atomics). */
 void sg__edge_stats(sg_worker_t *w, uint64_t *hits, uint64_t *misses);
 
+/* ratelimit.c: the per-address request rate limit. Returns 0 (go on) or -1 after answering 429
+ * with Retry-After. Any worker thread. */
+int sg__ratelimit_check(h2o_req_t *req);
+
 /* metrics.c */
 void sg__metrics_observe(sg_worker_t *w, int route, int status, uint64_t us);
 void sg__metrics_render(h2o_req_t *req);
