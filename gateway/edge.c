@@ -133,12 +133,15 @@ int sg__edge_handle(h2o_req_t *req)
         return -1;
     case SG_ROUTE_ERROR:
         sg_gateway_note_route(req, -5);
-        sg_http_error(req, 400, rt.error);
+        if (sg__ratelimit_check(req) == 0)
+            sg_http_error(req, 400, rt.error);
         return 0;
     case SG_ROUTE_SANDBOX:
         break;
     }
     sg_gateway_note_route(req, -5);
+    if (sg__ratelimit_check(req) != 0)
+        return 0;
     if (req->entity.base != NULL && req->entity.len > sg_server.cfg.http.proxy_max_body_bytes) {
         sg_http_error(req, 413, "Request body too large");
         return 0;

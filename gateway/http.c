@@ -84,6 +84,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
 
+    /* Sandbox traffic first: a sandbox's own /health (envd's, which the SDK polls through the
+     * e2b-sandbox-* headers) or /metrics must reach the sandbox, not the gateway's. */
+    if (sg__edge_handle(req) == 0)
+        return 0;
     if (h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/health"))) {
         sg_gateway_note_route(req, -2);
         sg_http_json(req, 200, json_pack("{s:s}", "status", "ok"));
@@ -100,8 +104,6 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
     if (sg__ratelimit_check(req) != 0)
-        return 0;
-    if (sg__edge_handle(req) == 0)
         return 0;
     if (sg__api_dispatch(req) != 0)
         sg_http_error(req, 404, "Not found");

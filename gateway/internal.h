@@ -129,8 +129,9 @@ int sg__node_cli(const sg_gateway_config_t *cfg, int argc, char **argv, FILE *ou
 
 /* edge.c: sandbox traffic (routing/, the catalog look-up and the node proxy).
  * sg__edge_handle returns -1 when the request is for the API (the caller continues), else 0:
- * the request was answered or handed to the proxy. init after the worker's h2o context and Redis
- * client exist; 0 or SG_ENOMEM. sg__edge_forget drops a sandbox from this worker's route cache
+ * the request was answered or handed to the proxy. Call it before the gateway's own paths
+ * (/health, ...): those belong to the sandbox on sandbox hosts. It applies the rate limit itself.
+ * init after the worker's h2o context and Redis client exist; 0 or SG_ENOMEM. sg__edge_forget drops a sandbox from this worker's route cache
  * and, with publish, tells every gateway's workers (kill, expiry). Loop thread only. */
 int sg__edge_worker_init(sg_worker_t *w);
 void sg__edge_worker_fini(sg_worker_t *w);

@@ -113,6 +113,14 @@ python3 /tmp/hdr.py`, { background: true });
     assert.equal(h.status, 413);
     assert.equal(JSON.parse(h.body).code, 413);
 
+    // a sandbox's /health is the sandbox's (envd answers 204), not the gateway's (200 JSON)
+    h = viaHeaders(49983, sbx.sandboxId, '/health');
+    assert.equal(h.status, 204);
+    h = viaHost(49983, sbx.sandboxId, '/health');
+    assert.equal(h.status, 204);
+    h = viaHost(8000, sbx.sandboxId, '/metrics');
+    assert.equal(h.status, 404); // python's http.server: no such file
+
     // nothing listens on 8001: the node's own 502
     h = viaHost(8001, sbx.sandboxId, '/');
     assert.equal(h.status, 502);
