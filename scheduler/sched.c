@@ -645,12 +645,11 @@ static void on_confirm(sg_redis_t *r, redisReply *reply, void *data)
 
 /* ---- reads and changes ---- */
 
-int sg_sched_get(sg_sched_t *s, const char *team_id, const char *id, sg_sched_sbx_cb cb, void *data,
-                 sg_sched_op_t **opp)
+/* Starts an operation that first reads the sandbox's catalog hash; on_reply continues it. */
+static int read_catalog(sg_sched_t *s, int kind, const char *team_id, const char *id, void *cb,
+                        void *data, sg_redis_cb on_reply, sg_sched_op_t **opp)
 {
-    if (!sg_sched_id_valid(id))
-        return SG_ENOTFOUND;
-    sg_sched_op_t *op = op_new(s, OP_GET, (void *)cb, data);
+    sg_sched_op_t *op = op_new(s, kind, cb, data);
     if (op == NULL)
         return SG_ENOMEM;
     snprintf(op->id, sizeof(op->id), "%s", id);
@@ -658,7 +657,7 @@ int sg_sched_get(sg_sched_t *s, const char *team_id, const char *id, sg_sched_sb
     char key[96];
     snprintf(key, sizeof(key), "{sg}:sbx:%s", id);
     const char *argv[] = {"HGETALL", key};
-    op->cmd = sg_redis_command(s->redis, on_get, op, 2, argv, NULL);
+    op->cmd = sg_redis_command(s->redis, on_reply, op, 2, argv, NULL);
     if (op->cmd == NULL) {
         op_free(op);
         return SG_ENOMEM;
@@ -666,6 +665,14 @@ int sg_sched_get(sg_sched_t *s, const char *team_id, const char *id, sg_sched_sb
     if (opp != NULL)
         *opp = op;
     return 0;
+}
+
+int sg_sched_get(sg_sched_t *s, const char *team_id, const char *id, sg_sched_sbx_cb cb, void *data,
+                 sg_sched_op_t **opp)
+{
+    if (!sg_sched_id_valid(id))
+        return SG_ENOTFOUND;
+    return read_catalog(s, OP_GET, team_id, id, (void *)cb, data, on_get, opp);
 }
 
 static void on_get(sg_redis_t *r, redisReply *reply, void *data)
@@ -947,22 +954,7 @@ int sg_sched_metrics(sg_sched_t *s, const char *team_id, const char *id, sg_sche
 {
     if (!sg_sched_id_valid(id))
         return SG_ENOTFOUND;
-    sg_sched_op_t *op = op_new(s, OP_METRICS, (void *)cb, data);
-    if (op == NULL)
-        return SG_ENOMEM;
-    snprintf(op->id, sizeof(op->id), "%s", id);
-    snprintf(op->team, sizeof(op->team), "%s", team_id != NULL ? team_id : "");
-    char key[96];
-    snprintf(key, sizeof(key), "{sg}:sbx:%s", id);
-    const char *argv[] = {"HGETALL", key};
-    op->cmd = sg_redis_command(s->redis, on_metrics_get, op, 2, argv, NULL);
-    if (op->cmd == NULL) {
-        op_free(op);
-        return SG_ENOMEM;
-    }
-    if (opp != NULL)
-        *opp = op;
-    return 0;
+    return read_catalog(s, OP_METRICS, team_id, id, (void *)cb, data, on_metrics_get, opp);
 }
 
 static void on_metrics_get(sg_redis_t *r, redisReply *reply, void *data)
