@@ -4,8 +4,8 @@
 // lifecycle, list paging and filters, expiry, team isolation, 30 parallel creates over three
 // nodes, a node agent SIGKILLed (lost, placement elsewhere, restart brings its sandboxes back),
 // a gateway SIGKILLed, and Redis data loss (reconciliation ends what the catalog forgot).
-// Calls into envd through the gateway (commands, files, ports) need the edge proxy and are not
-// here yet. Needs root, runc, build/ and the template (SANDGATE_TEMPLATES or SG_TEMPLATES_DIR,
+// Calls into envd through the gateway (commands, files, ports, TLS host routing) and the CLI are
+// in cluster-sdk.test.mjs. Needs root, runc, build/ and the template (SANDGATE_TEMPLATES or SG_TEMPLATES_DIR,
 // default /var/lib/sandgate-cache/templates); skipped otherwise.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
