@@ -132,6 +132,7 @@ node_token: \${SANDGATE_NODE_TOKEN}
 redis:
   address: $HOSTIP:$REDISPORT
 capacity:
+  vcpu: 32              # overcommitted on purpose: a dev machine runs mostly idle sandboxes
   max_sandboxes: 50
   reserve_memory_mb: 256
 templates_dir: $S/templates
