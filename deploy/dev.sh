@@ -132,8 +132,8 @@ node_token: \${SANDGATE_NODE_TOKEN}
 redis:
   address: $HOSTIP:$REDISPORT
 capacity:
-  vcpu: 32              # overcommitted on purpose: a dev machine runs mostly idle sandboxes
-  max_sandboxes: 50
+  vcpu: 128             # overcommitted on purpose: a dev machine runs mostly idle sandboxes
+  max_sandboxes: 100
   reserve_memory_mb: 256
 templates_dir: $S/templates
 state_dir: $S/node
