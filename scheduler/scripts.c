@@ -55,6 +55,7 @@ static void on_eval(sg_redis_t *r, redisReply *reply, void *data);
     "  if not f[1] then redis.call('ZREM', '{sg}:expiry', id) return nil end\n"                    \
     "  if team ~= '' and f[1] ~= team then return nil end\n"                                       \
     "  redis.call('DEL', k)\n"                                                                     \
+    "  redis.call('SET', '{sg}:gone:' .. id, '1', 'PX', 60000)\n"                                  \
     "  redis.call('ZREM', '{sg}:expiry', id)\n"                                                    \
     "  redis.call('SREM', '{sg}:nodesbx:' .. f[2], id)\n"                                          \
     "  redis.call('ZREM', '{sg}:team:' .. f[1], id)\n"                                             \
@@ -149,7 +150,10 @@ static const char *const sources[SG__SCRIPT_COUNT] = {
         "end\n"
         "return out\n",
     /* RECONCILE. KEYS: nodesbx, node. ARGV: grace_ms. Reads the node's heartbeat list.
-     * {unknown ids to delete on the node, ids removed from the catalog as lost}. */
+     * {unknown ids to delete on the node, ids removed from the catalog as lost}.
+     * A sandbox removed from the catalog in the last minute ({sg}:gone:<id>, set by remove) is
+     * not "unknown": its delete is already on its way to the node, and a heartbeat sent before
+     * the node got it would otherwise make reconciliation delete it a second time. */
     [SG__SCRIPT_RECONCILE] =
         LUA_REMOVE
         "local h = redis.call('HMGET', KEYS[2], 'sandboxes', 'heartbeat_ms')\n"
@@ -161,7 +165,8 @@ static const char *const sources[SG__SCRIPT_COUNT] = {
         "  if type(id) == 'string' then\n"
         "    on[id] = true\n"
         "    if redis.call('EXISTS', '{sg}:sbx:' .. id) == 0 and"
-        " redis.call('HEXISTS', '{sg}:resv', id) == 0 then unknown[#unknown + 1] = id end\n"
+        " redis.call('HEXISTS', '{sg}:resv', id) == 0 and"
+        " redis.call('EXISTS', '{sg}:gone:' .. id) == 0 then unknown[#unknown + 1] = id end\n"
         "  end\n"
         "end\n"
         "local limit = tonumber(h[2]) - tonumber(ARGV[1])\n"
