@@ -172,6 +172,11 @@ void sg_http_error(struct st_h2o_req_t *req, int status, const char *message);
 /* Responds with status and the JSON body (compact); takes ownership of body (decref'd here).
  * A NULL body sends an empty response (use for 204). */
 void sg_http_json(struct st_h2o_req_t *req, int status, struct json_t *body);
+struct st_h2o_accept_ctx_t;
+struct uv_stream_s;
+/* Accepts one pending connection on listener (from its connection callback) and hands it to h2o
+ * with actx; a failed accept closes the new handle. Loop thread of listener only. */
+void sg_http_accept(struct uv_stream_s *listener, struct st_h2o_accept_ctx_t *actx);
 /* Standard reason phrase for a status ("Not Found"); "" when unknown. */
 const char *sg_http_reason(int status);
 /* Finds a request header by lower-case name; returns its value (not NUL-terminated) and sets

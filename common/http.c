@@ -58,6 +58,19 @@ void sg_http_error(h2o_req_t *req, int status, const char *message)
     sg_http_json(req, status, json_pack("{s:i,s:s}", "code", status, "message", message));
 }
 
+void sg_http_accept(uv_stream_t *listener, h2o_accept_ctx_t *actx)
+{
+    uv_tcp_t *conn = h2o_mem_alloc(sizeof(*conn));
+    uv_tcp_init(listener->loop, conn);
+    if (uv_accept(listener, (uv_stream_t *)conn) != 0) {
+        uv_close((uv_handle_t *)conn, (uv_close_cb)free);
+        return;
+    }
+    uv_tcp_nodelay(conn, 1); /* small responses (API JSON, Connect frames) must not wait */
+    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)conn, (uv_close_cb)free);
+    h2o_accept(actx, sock);
+}
+
 const char *sg_http_header(h2o_req_t *req, const char *name, size_t *len)
 {
     size_t nlen = strlen(name);

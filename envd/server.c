@@ -574,15 +574,7 @@ static void on_accept(uv_stream_t *listener, int status)
     sg__server_t *srv = listener->data;
     if (status != 0)
         return;
-    uv_tcp_t *conn = h2o_mem_alloc(sizeof(*conn));
-    uv_tcp_init(listener->loop, conn);
-    if (uv_accept(listener, (uv_stream_t *)conn) != 0) {
-        uv_close((uv_handle_t *)conn, (uv_close_cb)free);
-        return;
-    }
-    uv_tcp_nodelay(conn, 1);
-    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)conn, (uv_close_cb)free);
-    h2o_accept(&srv->accept_ctx, sock);
+    sg_http_accept(listener, &srv->accept_ctx);
 }
 
 int sg__server_listen(sg__server_t *srv, const char *host, int port)

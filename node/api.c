@@ -215,16 +215,7 @@ static void on_accept(uv_stream_t *listener, int status)
     api_t *api = listener->data;
     if (status != 0)
         return;
-    uv_tcp_t *conn = malloc(sizeof(*conn));
-    if (conn == NULL)
-        return;
-    uv_tcp_init(listener->loop, conn);
-    if (uv_accept(listener, (uv_stream_t *)conn) != 0) {
-        uv_close((uv_handle_t *)conn, (uv_close_cb)free);
-        return;
-    }
-    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)conn, (uv_close_cb)free);
-    h2o_accept(&api->accept_ctx, sock);
+    sg_http_accept(listener, &api->accept_ctx);
 }
 
 int sg__api_start(sg__node_t *n)
