@@ -645,6 +645,18 @@ static void on_confirm(sg_redis_t *r, redisReply *reply, void *data)
 
 /* ---- reads and changes ---- */
 
+/* The common end of every operation's start: on failure frees op (its callback never runs). */
+static int op_started(sg_sched_op_t *op, bool sent, sg_sched_op_t **opp)
+{
+    if (!sent) {
+        op_free(op);
+        return SG_ENOMEM;
+    }
+    if (opp != NULL)
+        *opp = op;
+    return 0;
+}
+
 /* Starts an operation that first reads the sandbox's catalog hash; on_reply continues it. */
 static int read_catalog(sg_sched_t *s, int kind, const char *team_id, const char *id, void *cb,
                         void *data, sg_redis_cb on_reply, sg_sched_op_t **opp)
@@ -719,13 +731,7 @@ int sg_sched_list(sg_sched_t *s, const sg_sched_list_req_t *req, sg_sched_list_c
     const char *keys[] = {key};
     const char *args[] = {max};
     op->eval = sg__eval(s->redis, SG__SCRIPT_LIST, 1, keys, 1, args, on_list, op);
-    if (op->eval == NULL) {
-        op_free(op);
-        return SG_ENOMEM;
-    }
-    if (opp != NULL)
-        *opp = op;
-    return 0;
+    return op_started(op, op->eval != NULL, opp);
 }
 
 static int cmp_newest(const void *a, const void *b)
@@ -839,13 +845,7 @@ int sg_sched_kill(sg_sched_t *s, const char *team_id, const char *id, sg_sched_d
     const char *keys[] = {key, "{sg}:expiry"};
     const char *args[] = {op->id, op->team};
     op->eval = sg__eval(s->redis, SG__SCRIPT_REMOVE, 2, keys, 2, args, on_remove, op);
-    if (op->eval == NULL) {
-        op_free(op);
-        return SG_ENOMEM;
-    }
-    if (opp != NULL)
-        *opp = op;
-    return 0;
+    return op_started(op, op->eval != NULL, opp);
 }
 
 static void on_remove(sg_redis_t *r, redisReply *reply, void *data)
@@ -914,13 +914,7 @@ int sg_sched_set_end(sg_sched_t *s, const char *team_id, const char *id, long lo
     const char *keys[] = {key, "{sg}:expiry"};
     const char *args[] = {op->id, op->team, end, mode == SG_SCHED_END_SET ? "set" : "extend"};
     op->eval = sg__eval(s->redis, SG__SCRIPT_SETEND, 2, keys, 4, args, on_setend, op);
-    if (op->eval == NULL) {
-        op_free(op);
-        return SG_ENOMEM;
-    }
-    if (opp != NULL)
-        *opp = op;
-    return 0;
+    return op_started(op, op->eval != NULL, opp);
 }
 
 static void on_setend(sg_redis_t *r, redisReply *reply, void *data)
@@ -1082,13 +1076,7 @@ int sg_sched_node_action(sg_sched_t *s, const char *node_id, const char *action,
     const char *keys[] = {key};
     const char *args[] = {set ? "set" : "clear"};
     op->eval = sg__eval(s->redis, SG__SCRIPT_NODEFLAG, 1, keys, 1, args, on_nodeflag, op);
-    if (op->eval == NULL) {
-        op_free(op);
-        return SG_ENOMEM;
-    }
-    if (opp != NULL)
-        *opp = op;
-    return 0;
+    return op_started(op, op->eval != NULL, opp);
 }
 
 static void on_nodeflag(sg_redis_t *r, redisReply *reply, void *data)
