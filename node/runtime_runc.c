@@ -5,13 +5,14 @@
  * Owns: the in-flight child list (pids the agent's reaper must leave to libuv). The container's
  * init, which runc leaves behind when `runc create` exits, becomes the agent's child (the agent
  * is a subreaper) and is reaped by the agent's SIGCHLD sweep, not here.
- * stats() and probe() are synchronous: stats reads a few cgroup files, probe runs at start-up
- * before the loop does.
+ * stats(), probe(), limit() and set_hostname() are synchronous: stats reads a few cgroup files,
+ * probe runs at start-up before the loop does, limit and set_hostname run on the thread pool.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <stdio.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -298,10 +299,65 @@ static int rc_probe(sg__runtime_t *rt, const char *id, int *pid)
         const char *status = json_string_value(json_object_get(o, "status"));
         if (status && (strcmp(status, "running") == 0 || strcmp(status, "created") == 0)) {
             *pid = (int)json_integer_value(json_object_get(o, "pid"));
-            ret = 1;
+            ret = strcmp(status, "running") == 0 ? 1 : 2;
         }
         json_decref(o);
     }
+    return ret;
+}
+
+static int write_str(const char *path, const char *v)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return SG_EIO;
+    ssize_t w = write(fd, v, strlen(v));
+    close(fd);
+    return w == (ssize_t)strlen(v) ? 0 : SG_EIO;
+}
+
+/* The cgroup files runc wrote at create, rewritten directly: `runc update` would cost a Go
+ * process start (~50 ms) for three small writes. runc's state.json keeps the create-time sizes;
+ * nothing reads them back (runc delete and kill don't). */
+static int rc_limit(sg__runtime_t *rt, const char *cgroup, int vcpu, int memory_mb)
+{
+    bool v1 = access("/sys/fs/cgroup/memory", F_OK) == 0; /* hybrid on this machine kind */
+    char p[512], cpu[32], mem[32];
+    snprintf(cpu, sizeof(cpu), v1 ? "%d" : "%d 100000", vcpu * 100000);
+    snprintf(mem, sizeof(mem), "%lld", (long long)memory_mb * 1024 * 1024);
+    snprintf(p, sizeof(p), v1 ? "/sys/fs/cgroup/cpu%s/cpu.cfs_quota_us" : "/sys/fs/cgroup%s/cpu.max",
+             cgroup);
+    if (write_str(p, cpu) != 0)
+        return SG_EIO;
+    snprintf(p, sizeof(p),
+             v1 ? "/sys/fs/cgroup/memory%s/memory.limit_in_bytes" : "/sys/fs/cgroup%s/memory.max",
+             cgroup);
+    return write_str(p, mem);
+}
+
+/* Names a running container's host from outside, through its init's UTS namespace: the
+ * container's own capabilities forbid sethostname inside. This thread's own namespace is restored
+ * before returning. */
+static int rc_set_hostname(sg__runtime_t *rt, int pid, const char *hostname)
+{
+    char p[64];
+    int ret = SG_EIO;
+    snprintf(p, sizeof(p), "/proc/%d/ns/uts", pid);
+    int theirs = open(p, O_RDONLY | O_CLOEXEC);
+    int mine = open("/proc/thread-self/ns/uts", O_RDONLY | O_CLOEXEC);
+    if (theirs >= 0 && mine >= 0 && setns(theirs, CLONE_NEWUTS) == 0) {
+        if (sethostname(hostname, strlen(hostname)) == 0)
+            ret = 0;
+        if (setns(mine, CLONE_NEWUTS) != 0) {
+            /* A pool thread left in a sandbox's UTS namespace would be harmless but wrong. */
+            sg_log(SG_LOG_ERROR, "cannot return to the agent's UTS namespace",
+                   SG_LS("err", strerror(errno)));
+        }
+    }
+    if (theirs >= 0)
+        close(theirs);
+    if (mine >= 0)
+        close(mine);
     return ret;
 }
 
@@ -322,6 +378,8 @@ sg__runtime_t *sg__runtime_runc_new(uv_loop_t *loop, const char *runc_path, cons
         .name = "runc",
         .create = rc_create,
         .start = rc_start,
+        .limit = rc_limit,
+        .set_hostname = rc_set_hostname,
         .run = rc_run,
         .kill = rc_kill,
         .delete = rc_delete,
