@@ -16,7 +16,7 @@
  * Warm pool: runc and envd's own start cost ~100 ms of a create here, so per warm template the
  * agent keeps up to warm_pool containers running ahead (same steps; envd started with
  * --await-init and a per-container key, answering only /health and /init), refilled on the tick
- * while no create request is in flight. A create that finds one claims it: meta.json and host
+ * through the runtime's background queue. A create that finds one claims it: meta.json and host
  * files written into its mounted root, cgroup limits and host name set (thread pool) -> egress
  * set -> envd POST /init with the request's env vars and token -> 201. Nothing of a request is in
  * a container before its claim, so pool entries are interchangeable; they are not sandboxes (not
@@ -328,7 +328,6 @@ static void create_finish(create_op_t *op, int status, json_t *body)
         op->hreq = NULL;
     }
     if (op->cb != NULL) {
-        op->n->ncreating--;
         op->cb(op->data, status, body); /* takes body */
     } else {
         json_decref(body);
@@ -637,8 +636,9 @@ static void prep_done(uv_work_t *w, int status)
     snprintf(pidfile, sizeof(pidfile), "%s/init.pid", s->dir);
     op->t_prep = sg_mono_ns();
     int r = n->rt->run != NULL
-                ? n->rt->run(n->rt, s->cid, s->dir, pidfile, op->log_fd, on_rt_created, op)
-                : n->rt->create(n->rt, s->cid, s->dir, pidfile, op->log_fd, on_rt_created, op);
+                ? n->rt->run(n->rt, s->cid, s->dir, pidfile, op->log_fd, op->warm, on_rt_created, op)
+                : n->rt->create(n->rt, s->cid, s->dir, pidfile, op->log_fd, op->warm, on_rt_created,
+                                op);
     if (r != 0)
         create_fail(op, 500, "runtime create failed");
 }
@@ -724,8 +724,6 @@ static create_op_t *op_new(sg__node_t *n, sg__sbx_t *s, sg__create_done_cb cb, v
     uv_timer_init(n->loop, &op->timer);
     op->timer.data = op;
     s->op = op;
-    if (cb != NULL)
-        n->ncreating++;
     return op;
 }
 
@@ -737,8 +735,6 @@ static void op_abort(create_op_t *op)
     free(op->config);
     wipe_boot(op);
     s->op = NULL;
-    if (op->cb != NULL)
-        n->ncreating--;
     uv_close((uv_handle_t *)&op->timer, on_op_timer_closed);
     s->state = SBX_STOPPED;
     sg__sbx_delete(n, s);
@@ -898,12 +894,12 @@ static int warm_create(sg__node_t *n, const char *tmpl)
     return 0;
 }
 
-/* On the tick: tops the pool up, a few containers at a time and only while no create request is
- * in flight, so building the pool never takes CPU from a start someone waits for. */
+/* On the tick: tops the pool up, a few containers at a time, in the runtime's background queue
+ * (behind any start someone waits for and any teardown). */
 static void warm_fill(sg__node_t *n)
 {
     const sg_node_config_t *cfg = n->cfg;
-    if (n->rt->set_hostname == NULL || cfg->warm_pool <= 0 || n->draining || n->ncreating > 0 ||
+    if (n->rt->set_hostname == NULL || cfg->warm_pool <= 0 || n->draining ||
         sg_now_ms() < n->warm_retry_ms)
         return;
     int inflight = 0;

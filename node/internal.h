@@ -110,14 +110,15 @@ typedef struct sg__runtime {
     const char *name;
     /* create: prepares the container from a bundle; start: runs its first process. kill: sends
      * signal; delete: forced removal. Each completes through cb exactly once (never inside the
-     * call) unless it returns an error. */
+     * call) unless it returns an error. background: nobody waits (the warm pool): it runs only
+     * when no other operation is queued. */
     int (*create)(struct sg__runtime *rt, const char *id, const char *bundle, const char *pidfile,
-                  int log_fd, sg__rt_cb cb, void *data);
+                  int log_fd, bool background, sg__rt_cb cb, void *data);
     int (*start)(struct sg__runtime *rt, const char *id, sg__rt_cb cb, void *data);
     /* create + start in one step (one runtime process instead of two); the first process runs
      * before the caller has touched the container (its network comes up after it starts). */
     int (*run)(struct sg__runtime *rt, const char *id, const char *bundle, const char *pidfile,
-               int log_fd, sg__rt_cb cb, void *data);
+               int log_fd, bool background, sg__rt_cb cb, void *data);
     int (*kill)(struct sg__runtime *rt, const char *id, int sig, sg__rt_cb cb, void *data);
     int (*delete)(struct sg__runtime *rt, const char *id, sg__rt_cb cb, void *data);
     /* Synchronous: reads the container's cgroup files (small procfs/sysfs reads). */
@@ -196,7 +197,6 @@ struct sg__node {
     sg__sbx_t *sandboxes;
     int nsandboxes;
     sg__sbx_t *warm; /* the warm pool */
-    int ncreating;   /* create requests in flight (the pool refills only when none is) */
     long long warm_retry_ms; /* no pool refill before (after a failure) */
     int cap_vcpu, cap_mem_mb, cap_sandboxes;
     bool draining;

@@ -42,8 +42,9 @@ typedef struct runc {
     int devnull;
     op_t *ops;               /* running */
     /* waiting for a slot, FIFO each, linked through next: [0] starts (a client waits on them),
-     * [1] teardown (nobody waits; it must not delay a start) */
-    op_t *queue[2], *queue_tail[2];
+     * [1] teardown (nobody waits; it must not delay a start), [2] background starts (the warm
+     * pool: only when nothing else waits) */
+    op_t *queue[3], *queue_tail[3];
     int running, max_running;
 } runc_t;
 
@@ -124,7 +125,7 @@ static void do_spawn(runc_t *rc, op_t *o)
 static void start_queued(runc_t *rc)
 {
     while (rc->running < rc->max_running) {
-        int q = rc->queue[0] != NULL ? 0 : 1;
+        int q = rc->queue[0] != NULL ? 0 : rc->queue[1] != NULL ? 1 : 2;
         op_t *o = rc->queue[q];
         if (o == NULL)
             return;
@@ -139,7 +140,7 @@ static void start_queued(runc_t *rc)
  * per CPU at a time. With more, every start shares the CPUs and all of a burst finish late;
  * first-come first-served finishes most of them much sooner (same total work). Teardown waits
  * behind starts. */
-static int spawn_op(runc_t *rc, const char *what, char **args, int out_fd, sg__rt_cb cb,
+static int spawn_op(runc_t *rc, const char *what, int q, char **args, int out_fd, sg__rt_cb cb,
                     void *data)
 {
     op_t *o = calloc(1, sizeof(*o));
@@ -163,7 +164,6 @@ static int spawn_op(runc_t *rc, const char *what, char **args, int out_fd, sg__r
     o->what = what;
     o->args = copy;
     o->out_fd = out_fd;
-    int q = strcmp(what, "delete") == 0 || strcmp(what, "kill") == 0;
     if (rc->queue_tail[q])
         rc->queue_tail[q]->next = o;
     else
@@ -175,28 +175,30 @@ static int spawn_op(runc_t *rc, const char *what, char **args, int out_fd, sg__r
 }
 
 static int rc_create(sg__runtime_t *rt, const char *id, const char *bundle, const char *pidfile,
-                     int log_fd, sg__rt_cb cb, void *data)
+                     int log_fd, bool background, sg__rt_cb cb, void *data)
 {
     runc_t *rc = (runc_t *)rt;
     char *args[] = {rc->path, "--root", rc->root, "create", "--bundle", (char *)bundle,
                     "--pid-file", (char *)pidfile, (char *)id, NULL};
-    return spawn_op(rc, "create", args, log_fd >= 0 ? log_fd : rc->devnull, cb, data);
+    return spawn_op(rc, "create", background ? 2 : 0, args, log_fd >= 0 ? log_fd : rc->devnull, cb,
+                    data);
 }
 
 static int rc_run(sg__runtime_t *rt, const char *id, const char *bundle, const char *pidfile,
-                  int log_fd, sg__rt_cb cb, void *data)
+                  int log_fd, bool background, sg__rt_cb cb, void *data)
 {
     runc_t *rc = (runc_t *)rt;
     char *args[] = {rc->path, "--root", rc->root, "run", "--detach", "--bundle", (char *)bundle,
                     "--pid-file", (char *)pidfile, (char *)id, NULL};
-    return spawn_op(rc, "run", args, log_fd >= 0 ? log_fd : rc->devnull, cb, data);
+    return spawn_op(rc, "run", background ? 2 : 0, args, log_fd >= 0 ? log_fd : rc->devnull, cb,
+                    data);
 }
 
 static int rc_start(sg__runtime_t *rt, const char *id, sg__rt_cb cb, void *data)
 {
     runc_t *rc = (runc_t *)rt;
     char *args[] = {rc->path, "--root", rc->root, "start", (char *)id, NULL};
-    return spawn_op(rc, "start", args, rc->devnull, cb, data);
+    return spawn_op(rc, "start", 0, args, rc->devnull, cb, data);
 }
 
 static int rc_kill(sg__runtime_t *rt, const char *id, int sig, sg__rt_cb cb, void *data)
@@ -205,14 +207,14 @@ static int rc_kill(sg__runtime_t *rt, const char *id, int sig, sg__rt_cb cb, voi
     char s[16];
     snprintf(s, sizeof(s), "%d", sig);
     char *args[] = {rc->path, "--root", rc->root, "kill", (char *)id, s, NULL};
-    return spawn_op(rc, "kill", args, rc->devnull, cb, data);
+    return spawn_op(rc, "kill", 1, args, rc->devnull, cb, data);
 }
 
 static int rc_delete(sg__runtime_t *rt, const char *id, sg__rt_cb cb, void *data)
 {
     runc_t *rc = (runc_t *)rt;
     char *args[] = {rc->path, "--root", rc->root, "delete", "--force", (char *)id, NULL};
-    return spawn_op(rc, "delete", args, rc->devnull, cb, data);
+    return spawn_op(rc, "delete", 1, args, rc->devnull, cb, data);
 }
 
 static int read_u64(const char *path, uint64_t *out)
