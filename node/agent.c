@@ -48,6 +48,7 @@
 
 #define HEALTH_TIMEOUT_MS 20000
 #define TICK_MS 250
+#define TEMPLATE_SCAN_MS 5000
 #define WARM_INFLIGHT 2       /* pool containers being created at once (runc runs one per CPU) */
 #define WARM_RETRY_MS 5000    /* pause after a pool container failed, so a broken template idles */
 
@@ -201,24 +202,95 @@ json_t *sg__sbx_json(const sg__sbx_t *s)
                      s->disk_mb);
 }
 
-static json_t *templates_json(sg__node_t *n)
+/* ---- templates: <templates_dir>/<name>/rootfs, listed at start and then every
+ * TEMPLATE_SCAN_MS on the thread pool (the heartbeat publishes the list; no folder walk on the
+ * loop). n->templates is the loop's copy. */
+
+typedef struct {
+    uv_work_t w;
+    sg__node_t *n;
+    char **names; /* NULL-terminated */
+} tscan_t;
+
+static char **scan_templates(const char *dir) /* any thread */
 {
-    json_t *a = json_array();
-    DIR *d = opendir(n->templates_dir);
+    size_t cap = 8, count = 0;
+    char **names = calloc(cap + 1, sizeof(*names));
+    DIR *d = names ? opendir(dir) : NULL;
     if (d == NULL)
-        return a;
+        return names;
     struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (!sg__valid_template_id(e->d_name, strlen(e->d_name)))
-            continue;
+    while ((e = readdir(d)) != NULL && count < 4096) {
         char p[4096];
         struct stat st;
-        snprintf(p, sizeof(p), "%s/%s/rootfs", n->templates_dir, e->d_name);
-        if (stat(p, &st) == 0 && S_ISDIR(st.st_mode))
-            json_array_append_new(a, json_string(e->d_name));
+        if (!sg__valid_template_id(e->d_name, strlen(e->d_name)))
+            continue;
+        snprintf(p, sizeof(p), "%s/%s/rootfs", dir, e->d_name);
+        if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode))
+            continue;
+        if (count == cap) {
+            char **more = realloc(names, (2 * cap + 1) * sizeof(*names));
+            if (more == NULL)
+                break;
+            names = more;
+            cap *= 2;
+        }
+        if ((names[count] = strdup(e->d_name)) != NULL)
+            names[++count] = NULL;
     }
     closedir(d);
-    return a;
+    return names;
+}
+
+static void set_templates(sg__node_t *n, char **names)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; names && names[i]; i++) {
+        json_array_append_new(a, json_string(names[i]));
+        free(names[i]);
+    }
+    free(names);
+    json_decref(n->templates);
+    n->templates = a;
+}
+
+static void tscan_work(uv_work_t *w)
+{
+    tscan_t *t = w->data;
+    t->names = scan_templates(t->n->templates_dir);
+}
+
+static void tscan_done(uv_work_t *w, int status)
+{
+    tscan_t *t = w->data;
+    t->n->tscan_busy = false;
+    if (status == 0)
+        set_templates(t->n, t->names);
+    free(t);
+}
+
+static void templates_rescan(sg__node_t *n)
+{
+    tscan_t *t = n->tscan_busy ? NULL : calloc(1, sizeof(*t));
+    if (t == NULL)
+        return;
+    t->n = n;
+    t->w.data = t;
+    if (uv_queue_work(n->loop, &t->w, tscan_work, tscan_done) == 0)
+        n->tscan_busy = true;
+    else
+        free(t);
+}
+
+static bool template_known(const sg__node_t *n, const char *name)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(n->templates, i, v) {
+        if (strcmp(json_string_value(v), name) == 0)
+            return true;
+    }
+    return false;
 }
 
 json_t *sg__node_info_json(sg__node_t *n)
@@ -238,7 +310,7 @@ json_t *sg__node_info_json(sg__node_t *n)
                      "capacity", "vcpu", n->cap_vcpu, "memoryMB", n->cap_mem_mb, "sandboxes",
                      n->cap_sandboxes, "allocated", "vcpu", v, "memoryMB", m, "sandboxes", c,
                      "usage", "cpuPct", n->usage_cpu_pct, "memUsedMB", (int)n->usage_mem_mb,
-                     "templates", templates_json(n), "labels", labels, "agentVersion",
+                     "templates", json_copy(n->templates), "labels", labels, "agentVersion",
                      SG_NODE_VERSION, "envdVersion", n->envd_version, "warmPool", "ready", ready,
                      "starting", starting);
 }
@@ -789,10 +861,7 @@ int sg__sbx_create(sg__node_t *n, sg__create_req_t *req, sg__create_done_cb cb, 
         return SG_ENOMEM;
     }
     if (s == NULL) {
-        char tp[4096];
-        struct stat st;
-        snprintf(tp, sizeof(tp), "%s/%s/rootfs", n->templates_dir, req->tmpl);
-        if (stat(tp, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        if (!template_known(n, req->tmpl)) {
             *status = 404;
             snprintf(err, errlen, "template \"%s\" not found on this node", req->tmpl);
             free(boot_text);
@@ -915,12 +984,7 @@ static void warm_fill(sg__node_t *n)
         for (sg__sbx_t *s = n->warm; s; s = s->next)
             have += (s->state == SBX_WARMING || s->state == SBX_WARM) &&
                     strcmp(s->tmpl, tmpls[i]) == 0;
-        if (have >= cfg->warm_pool)
-            continue;
-        char tp[4096];
-        struct stat st;
-        snprintf(tp, sizeof(tp), "%s/%s/rootfs", n->templates_dir, tmpls[i]);
-        if (stat(tp, &st) != 0 || !S_ISDIR(st.st_mode))
+        if (have >= cfg->warm_pool || !template_known(n, tmpls[i]))
             continue;
         for (; have < cfg->warm_pool && inflight < WARM_INFLIGHT; have++, inflight++)
             if (warm_create(n, tmpls[i]) != 0) {
@@ -1025,46 +1089,94 @@ int sg__sbx_update_end(sg__node_t *n, sg__sbx_t *s, long long end_ms)
 
 /* ---- metrics ---------------------------------------------------------------------------------- */
 
-static uint64_t du_total;
-static size_t du_count;
+/* Upper-layer size: one walk per metrics request on the thread pool, stopped past 100k entries
+ * (the figure is then a floor). nftw has no user pointer: the counters are per thread. */
+static _Thread_local uint64_t du_total;
+static _Thread_local size_t du_count;
 static int du_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
 {
     if (flag == FTW_F)
         du_total += (uint64_t)st->st_blocks * 512;
-    /* Bounded work on the loop: stop counting past 100k entries (the figure is then a floor). */
     return ++du_count > 100000 ? 1 : 0;
 }
 
-int sg__sbx_metrics(sg__node_t *n, sg__sbx_t *s, json_t **out)
-{
+typedef struct {
+    uv_work_t w;
+    sg__node_t *n;
+    char id[64];
     char cg[256];
-    snprintf(cg, sizeof(cg), "%s/%s", n->cgroup_parent, s->cid);
+    char *upper;
     sg__rt_stats_t st;
-    if (n->rt->stats(n->rt, cg, &st) != 0)
-        memset(&st, 0, sizeof(st));
-    uint64_t now = sg_mono_ns();
-    if (s->last_sample_ns != 0 && now > s->last_sample_ns && st.cpu_ns >= s->last_cpu_ns)
-        s->cpu_pct = (double)(st.cpu_ns - s->last_cpu_ns) / (double)(now - s->last_sample_ns) /
-                     s->vcpu * 100.0;
-    s->last_sample_ns = now;
-    s->last_cpu_ns = st.cpu_ns;
-    char up[4096];
-    snprintf(up, sizeof(up), "%s/upper", s->dir);
+    uint64_t disk_used, fs_total;
+    sg__create_done_cb cb;
+    void *data;
+} metrics_work_t;
+
+static void metrics_work(uv_work_t *w)
+{
+    metrics_work_t *m = w->data;
+    if (m->n->rt->stats(m->n->rt, m->cg, &m->st) != 0)
+        memset(&m->st, 0, sizeof(m->st));
     du_total = 0;
     du_count = 0;
-    nftw(up, du_entry, 16, FTW_PHYS | FTW_MOUNT);
-    uint64_t disk_total = (uint64_t)s->disk_mb * 1024 * 1024;
-    if (disk_total == 0) {
-        struct statvfs sv;
-        if (statvfs(n->state_dir, &sv) == 0)
-            disk_total = (uint64_t)sv.f_blocks * sv.f_frsize;
+    nftw(m->upper, du_entry, 16, FTW_PHYS | FTW_MOUNT);
+    m->disk_used = du_total;
+    struct statvfs sv;
+    if (statvfs(m->n->state_dir, &sv) == 0)
+        m->fs_total = (uint64_t)sv.f_blocks * sv.f_frsize;
+}
+
+static void metrics_done(uv_work_t *w, int status)
+{
+    metrics_work_t *m = w->data;
+    sg__sbx_t *s = sg__node_find(m->n, m->id, strlen(m->id));
+    json_t *body = NULL;
+    int code = 200;
+    if (s == NULL) {
+        code = 404;
+        body = json_pack("{s:i,s:s}", "code", 404, "message", "sandbox is gone");
+    } else {
+        uint64_t now = sg_mono_ns();
+        if (s->last_sample_ns != 0 && now > s->last_sample_ns && m->st.cpu_ns >= s->last_cpu_ns)
+            s->cpu_pct = (double)(m->st.cpu_ns - s->last_cpu_ns) /
+                         (double)(now - s->last_sample_ns) / s->vcpu * 100.0;
+        s->last_sample_ns = now;
+        s->last_cpu_ns = m->st.cpu_ns;
+        uint64_t disk_total = s->disk_mb ? (uint64_t)s->disk_mb * 1024 * 1024 : m->fs_total;
+        body = json_pack("{s:I,s:f,s:i,s:I,s:I,s:I,s:I}", "timestampMs",
+                         (json_int_t)sg_now_ms(), "cpuUsedPct", s->cpu_pct, "cpuCount", s->vcpu,
+                         "memUsed", (json_int_t)m->st.mem_bytes, "memTotal",
+                         (json_int_t)s->memory_mb * 1024 * 1024, "diskUsed",
+                         (json_int_t)m->disk_used, "diskTotal", (json_int_t)disk_total);
+        if (body == NULL) {
+            code = 500;
+            body = json_pack("{s:i,s:s}", "code", 500, "message", "out of memory");
+        }
     }
-    uint64_t mem_total = (uint64_t)s->memory_mb * 1024 * 1024;
-    *out = json_pack("{s:I,s:f,s:i,s:I,s:I,s:I,s:I}", "timestampMs", (json_int_t)sg_now_ms(),
-                     "cpuUsedPct", s->cpu_pct, "cpuCount", s->vcpu, "memUsed",
-                     (json_int_t)st.mem_bytes, "memTotal", (json_int_t)mem_total, "diskUsed",
-                     (json_int_t)du_total, "diskTotal", (json_int_t)disk_total);
-    return *out ? 0 : SG_ENOMEM;
+    m->cb(m->data, code, body);
+    free(m->upper);
+    free(m);
+}
+
+int sg__sbx_metrics(sg__node_t *n, sg__sbx_t *s, sg__create_done_cb cb, void *data)
+{
+    metrics_work_t *m = calloc(1, sizeof(*m));
+    if (m == NULL || (m->upper = path_join(s->dir, "upper")) == NULL) {
+        free(m);
+        return SG_ENOMEM;
+    }
+    m->n = n;
+    m->cb = cb;
+    m->data = data;
+    m->w.data = m;
+    snprintf(m->id, sizeof(m->id), "%s", s->id);
+    snprintf(m->cg, sizeof(m->cg), "%s/%s", n->cgroup_parent, s->cid);
+    if (uv_queue_work(n->loop, &m->w, metrics_work, metrics_done) != 0) {
+        free(m->upper);
+        free(m);
+        return SG_EIO;
+    }
+    return 0;
 }
 
 /* ---- rediscovery ---------------------------------------------------------------------------- */
@@ -1181,8 +1293,10 @@ static void on_tick(uv_timer_t *t)
             sg__sbx_delete(n, s);
         }
     }
-    if (ticks++ % (1000 / TICK_MS) == 0)
+    if (ticks % (1000 / TICK_MS) == 0)
         sample_usage(n);
+    if (ticks++ % (TEMPLATE_SCAN_MS / TICK_MS) == 0)
+        templates_rescan(n);
     warm_fill(n);
 }
 
@@ -1357,6 +1471,7 @@ int sg_node_run(const sg_node_config_t *cfg)
     n->rt = sg__runtime_runc_new(&loop, rt_path, runc_root);
     if (n->rt == NULL)
         goto done;
+    set_templates(n, scan_templates(n->templates_dir));
     rediscover(n);
     if (sg__net_setup(n) != 0)
         goto done;
@@ -1401,5 +1516,6 @@ done:
     free(n->state_dir);
     free(n->templates_dir);
     free(n->envd_path);
+    json_decref(n->templates);
     return ret;
 }

@@ -29,6 +29,10 @@ typedef struct {
     api_t *api;
 } handler_t;
 
+static void on_create_token_dispose(void *p);
+
+/* A request answered later by an asynchronous operation (create, metrics): the wait outlives the
+ * request if the client goes; the token in the request's pool cuts the link when it does. */
 typedef struct create_wait create_wait_t;
 typedef struct {
     create_wait_t *w;
@@ -37,6 +41,25 @@ struct create_wait {
     h2o_req_t *req;
     create_token_t *token;
 };
+
+static create_wait_t *wait_new(h2o_req_t *req)
+{
+    create_wait_t *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return NULL;
+    create_token_t *t = h2o_mem_alloc_shared(&req->pool, sizeof(*t), on_create_token_dispose);
+    w->req = req;
+    w->token = t;
+    t->w = w;
+    return w;
+}
+
+static void wait_cancel(create_wait_t *w)
+{
+    w->token->w = NULL;
+    free(w);
+}
+
 
 static void on_create_token_dispose(void *p)
 {
@@ -74,20 +97,15 @@ static int handle_create(api_t *api, h2o_req_t *req)
         sg_http_error(req, 400, err);
         return 0;
     }
-    create_wait_t *w = calloc(1, sizeof(*w));
-    create_token_t *t = h2o_mem_alloc_shared(&req->pool, sizeof(*t), on_create_token_dispose);
+    create_wait_t *w = wait_new(req);
     if (w == NULL) {
         sg__create_req_clear(&cr);
         sg_http_error(req, 500, "out of memory");
         return 0;
     }
-    w->req = req;
-    w->token = t;
-    t->w = w;
     int status;
     if (sg__sbx_create(api->n, &cr, on_create_done, w, &status, err, sizeof(err)) != 0) {
-        t->w = NULL;
-        free(w);
+        wait_cancel(w);
         sg_http_error(req, status, err);
     }
     sg__create_req_clear(&cr);
@@ -128,11 +146,12 @@ static int handle_one(api_t *api, h2o_req_t *req, const char *id, size_t idlen, 
         return 0;
     }
     if (strcmp(rest, "/metrics") == 0 && method_is(req, "GET")) {
-        json_t *m;
-        if (sg__sbx_metrics(n, s, &m) != 0)
+        create_wait_t *w = wait_new(req);
+        if (w == NULL || sg__sbx_metrics(n, s, on_create_done, w) != 0) {
+            if (w != NULL)
+                wait_cancel(w);
             sg_http_error(req, 500, "metrics unavailable");
-        else
-            sg_http_json(req, 200, m);
+        }
         return 0;
     }
     sg_http_error(req, 404, "no such route");

@@ -198,6 +198,8 @@ struct sg__node {
     int nsandboxes;
     sg__sbx_t *warm; /* the warm pool */
     long long warm_retry_ms; /* no pool refill before (after a failure) */
+    json_t *templates;       /* names of the templates found (rescanned on the thread pool) */
+    bool tscan_busy;
     int cap_vcpu, cap_mem_mb, cap_sandboxes;
     bool draining;
     char envd_version[64];
@@ -231,7 +233,9 @@ int sg__sbx_create(sg__node_t *n, sg__create_req_t *req, sg__create_done_cb cb, 
 int sg__sbx_delete(sg__node_t *n, sg__sbx_t *s);
 /* PATCH: new end time, persisted in meta.json. */
 int sg__sbx_update_end(sg__node_t *n, sg__sbx_t *s, long long end_ms);
-int sg__sbx_metrics(sg__node_t *n, sg__sbx_t *s, json_t **out);
+/* Metrics (cgroup files, upper-layer size) read on the thread pool; done(data, status, body) runs
+ * on the loop exactly once (404 if the sandbox went meanwhile) unless this returns an error. */
+int sg__sbx_metrics(sg__node_t *n, sg__sbx_t *s, sg__create_done_cb cb, void *data);
 
 /* ---- listeners --------------------------------------------------------------------------------- */
 int sg__api_start(sg__node_t *n);

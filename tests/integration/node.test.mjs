@@ -3,14 +3,14 @@
 // lib/node-harness.mjs for what is created and how it is removed.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, writeFileSync, unlinkSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync, unlinkSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import {
   World, canRun, api, viaProxy, createBody, execIn, execInStatus, probeScript, sh, trySh,
-  waitFor, sleep, mountsUnder, TOKEN, containerOf, envdRun,
+  waitFor, sleep, mountsUnder, TOKEN, containerOf, envdRun, templatesSrc,
 } from './lib/node-harness.mjs';
 
 const why = canRun();
@@ -85,6 +85,13 @@ test('node API: health, token, validation, info', opts, async () => {
   assert.equal(r.status, 404);
   r = await api(node, 'DELETE', '/v1/sandboxes/doesnotexist');
   assert.equal(r.status, 404);
+  // A template folder added while the agent runs is found by its periodic rescan (thread pool).
+  const extra = join(node.dir, 'templates', 'extra');
+  symlinkSync(join(templatesSrc, 'base'), extra);
+  try {
+    await waitFor(async () => (await api(node, 'GET', '/v1/info')).json.templates.includes('extra'), 12000);
+  } finally { unlinkSync(extra); }
+  await waitFor(async () => !(await api(node, 'GET', '/v1/info')).json.templates.includes('extra'), 12000);
 });
 
 test('drain refuses creates with 429, undrain accepts again', opts, async () => {
@@ -145,11 +152,16 @@ test('sandbox: own hostname, processes, rootfs, env; token file consumed', opts,
     assert.equal(m.status, 200);
     assert.equal(m.json.memTotal, 256 * 1024 * 1024);
     assert.ok(m.json.memUsed > 0);
+    // disk: the upper layer's size (walked on the agent's thread pool) grows with a 2 MB file
+    execIn(node, id, ['sh', '-c', 'head -c 2000000 /dev/urandom > /home/user/blob']);
+    const m2 = await api(node, 'GET', `/v1/sandboxes/${id}/metrics`);
+    assert.ok(m2.json.diskUsed >= m.json.diskUsed + 1900000, `${m.json.diskUsed} -> ${m2.json.diskUsed}`);
+    assert.ok(m2.json.diskTotal > 0);
   } finally { await remove(id); }
 });
 
-// The warm pool: containers created ahead (runc `create`, init waiting), nothing of a request in
-// them. A create takes one, and everything request-specific must still be the request's.
+// The warm pool: containers started ahead (envd waiting for its POST /init), nothing of a request
+// in them. A create takes one, and everything request-specific must still be the request's.
 async function warmReady() {
   return (await api(node, 'GET', '/v1/info')).json.warmPool.ready;
 }
@@ -385,6 +397,8 @@ test('restart: SIGKILL the agent, start it again: sandboxes still answer, accoun
   const a = await create({ vcpu: 2, memoryMB: 300 });
   const b = await create({ allowInternetAccess: true });
   try {
+    // Only a and b: an earlier test's teardown still running would be counted before, not after.
+    await waitFor(async () => (await api(node, 'GET', '/v1/info')).json.allocated.sandboxes === 2, 15000);
     const before = (await api(node, 'GET', '/v1/info')).json.allocated;
     await w.killNode(node, 'SIGKILL');
     // Sandboxes run on without the agent.
