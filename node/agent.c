@@ -125,21 +125,28 @@ static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *
 
 static void rm_rf(const char *path) { nftw(path, rm_entry, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT); }
 
-static bool pid_alive(int pid)
+/* The parent of a live pid, or 0 when it is gone or a zombie. */
+static int live_parent(int pid)
 {
     if (pid <= 0)
-        return false;
+        return 0;
     char p[64], buf[256];
     snprintf(p, sizeof(p), "/proc/%d/stat", pid);
     FILE *f = fopen(p, "re");
     if (f == NULL)
-        return false;
+        return 0;
     size_t n = fread(buf, 1, sizeof(buf) - 1, f);
     fclose(f);
     buf[n] = '\0';
     char *rp = strrchr(buf, ')');
-    return rp != NULL && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X';
+    int ppid = 0;
+    if (rp == NULL || rp[1] != ' ' || rp[2] == 'Z' || rp[2] == 'X' ||
+        sscanf(rp + 3, " %d", &ppid) != 1)
+        return 0;
+    return ppid > 0 ? ppid : 1;
 }
+
+static bool pid_alive(int pid) { return live_parent(pid) != 0; }
 
 static int write_meta(sg__sbx_t *s)
 {
@@ -179,7 +186,10 @@ void sg__node_alloc(const sg__node_t *n, int *vcpu, int *mem, int *count)
 {
     *vcpu = *mem = *count = 0;
     for (sg__sbx_t *s = n->sandboxes; s; s = s->next) {
-        /* A deleting sandbox still holds its resources until its teardown finishes. */
+        /* A deleting sandbox's processes were killed when its delete began (kill_now): only its
+         * address and files wait for the teardown, so it holds no CPU or memory. */
+        if (s->state == SBX_DELETING)
+            continue;
         *vcpu += s->vcpu;
         *mem += s->memory_mb;
         (*count)++;
@@ -1067,6 +1077,17 @@ static void on_rt_deleted(void *data, int status, const char *err)
     sbx_delete_step(s);
 }
 
+/* Kills the container's processes now (its init is PID 1 of its PID namespace: they all go), so
+ * its CPU and memory are free before the runtime's teardown gets a slot, which in a burst of
+ * starts can take seconds. Only when the init is the agent's own child (a subreaper's: the pid
+ * cannot be reused before the agent reaps it, and the reaper runs on this loop); after an agent
+ * restart it is not, and the runtime's delete does it. */
+static void kill_now(sg__sbx_t *s)
+{
+    if (s->pid > 0 && live_parent(s->pid) == (int)getpid())
+        kill(s->pid, SIGKILL);
+}
+
 int sg__sbx_delete(sg__node_t *n, sg__sbx_t *s)
 {
     if (s->state == SBX_DELETING)
@@ -1076,6 +1097,7 @@ int sg__sbx_delete(sg__node_t *n, sg__sbx_t *s)
         return 0;
     }
     s->state = SBX_DELETING;
+    kill_now(s);
     if (n->rt->delete(n->rt, s->cid, on_rt_deleted, s) != 0)
         sbx_delete_step(s);
     return 0;

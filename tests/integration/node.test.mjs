@@ -94,6 +94,18 @@ test('node API: health, token, validation, info', opts, async () => {
   await waitFor(async () => !(await api(node, 'GET', '/v1/info')).json.templates.includes('extra'), 12000);
 });
 
+// A deleted sandbox's processes die at once, so its CPU and memory are free for the next create
+// even while its teardown (runc delete, veth, files) still waits for a slot.
+test('delete frees the sandbox\'s capacity at once', opts, async () => {
+  const big = { memoryMB: 12000 };
+  const a = await create(big);
+  let r = await api(node, 'POST', '/v1/sandboxes', createBody(big));
+  assert.equal(r.status, 429, r.text);
+  await remove(a.id);
+  const b = await create(big); // right after the 204: before the teardown could have finished
+  await remove(b.id);
+});
+
 test('drain refuses creates with 429, undrain accepts again', opts, async () => {
   assert.equal((await api(node, 'POST', '/v1/drain')).status, 204);
   const r = await api(node, 'POST', '/v1/sandboxes', createBody());
