@@ -80,6 +80,7 @@ typedef struct sg__create_op {
 } create_op_t;
 
 static void sbx_delete_step(sg__sbx_t *s);
+static void rm_start(sg__sbx_t *s);
 static void create_fail(create_op_t *op, int status, const char *msg);
 static void health_try(create_op_t *op);
 
@@ -148,21 +149,43 @@ static int live_parent(int pid)
 
 static bool pid_alive(int pid) { return live_parent(pid) != 0; }
 
-static int write_meta(sg__sbx_t *s)
+static json_t *meta_json(const sg__sbx_t *s)
 {
-    json_t *o = json_pack("{s:s,s:s,s:b,s:s,s:s,s:i,s:i,s:i,s:I,s:I,s:b,s:s,s:s}", "sandboxID",
+    return json_pack("{s:s,s:s,s:b,s:s,s:s,s:i,s:i,s:i,s:I,s:I,s:b,s:s,s:s}", "sandboxID",
                           s->id, "containerID", s->cid, "warm", s->warm,
                           "teamID", s->team, "templateID", s->tmpl, "vcpu", s->vcpu, "memoryMB",
                           s->memory_mb, "diskMB", s->disk_mb, "startedAtMs",
                           (json_int_t)s->started_ms, "endAtMs", (json_int_t)s->end_ms, "internet",
                           s->internet, "address", s->addr, "veth", s->veth);
-    char *tmp = path_join(s->dir, "meta.json.tmp"), *dst = path_join(s->dir, "meta.json");
-    int ret = SG_EIO;
-    if (o && tmp && dst && json_dump_file(o, tmp, JSON_COMPACT) == 0 && rename(tmp, dst) == 0)
-        ret = 0;
+}
+
+/* meta.json replaced atomically; the temporary name is the writing thread's own, so a create's
+ * preparation and a PATCH's write on two pool threads never share one. Any thread. */
+static int write_meta_text(const char *dir, const char *text)
+{
+    char tmp[4200], dst[4200];
+    snprintf(tmp, sizeof(tmp), "%s/meta.json.%ld.tmp", dir, (long)gettid());
+    snprintf(dst, sizeof(dst), "%s/meta.json", dir);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return SG_EIO;
+    size_t len = strlen(text);
+    bool ok = write(fd, text, len) == (ssize_t)len;
+    close(fd);
+    if (!ok || rename(tmp, dst) != 0) {
+        unlink(tmp);
+        return SG_EIO;
+    }
+    return 0;
+}
+
+static int write_meta(sg__sbx_t *s) /* thread pool: s's fields are not changing meanwhile */
+{
+    json_t *o = meta_json(s);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    int ret = text ? write_meta_text(s->dir, text) : SG_ENOMEM;
     json_decref(o);
-    free(tmp);
-    free(dst);
+    free(text);
     return ret;
 }
 
@@ -1059,6 +1082,16 @@ static void sbx_delete_step(sg__sbx_t *s)
         if (sg__net_set_internet(n, s, false, on_nft_removed, s) == 0)
             return;
     }
+    if (s->meta_busy) { /* meta_done starts the removal */
+        s->rm_after_meta = true;
+        return;
+    }
+    rm_start(s);
+}
+
+static void rm_start(sg__sbx_t *s)
+{
+    sg__node_t *n = s->node;
     rm_work_t *w = calloc(1, sizeof(*w));
     if (w == NULL || (w->s = s, uv_queue_work(n->loop, &w->w, rm_files, on_rm_done)) != 0) {
         free(w);
@@ -1103,10 +1136,96 @@ int sg__sbx_delete(sg__node_t *n, sg__sbx_t *s)
     return 0;
 }
 
-int sg__sbx_update_end(sg__node_t *n, sg__sbx_t *s, long long end_ms)
+/* PATCH: the new end time holds at once; meta.json is rewritten on the thread pool, one write per
+ * sandbox at a time (a snapshot taken on the loop), and each caller is answered once a write that
+ * began after its change has ended. A teardown's file removal waits for a write in flight. */
+typedef struct meta_wait {
+    struct meta_wait *next;
+    sg__create_done_cb cb;
+    void *data;
+} meta_wait_t;
+
+typedef struct {
+    uv_work_t w;
+    sg__sbx_t *s;
+    char *text;
+    meta_wait_t *answer;
+    int status;
+} meta_work_t;
+
+static void meta_work(uv_work_t *w)
 {
+    meta_work_t *m = w->data;
+    m->status = write_meta_text(m->s->dir, m->text);
+}
+
+static void meta_flush(sg__sbx_t *s);
+
+static void meta_done(uv_work_t *w, int status)
+{
+    meta_work_t *m = w->data;
+    sg__sbx_t *s = m->s;
+    s->meta_busy = false;
+    int code = status == 0 && m->status == 0 ? 204 : 500;
+    for (meta_wait_t *q = m->answer, *next; q; q = next) {
+        next = q->next;
+        q->cb(q->data, code,
+              code == 204 ? NULL
+                          : json_pack("{s:i,s:s}", "code", 500, "message",
+                                      "cannot persist the new end time"));
+        free(q);
+    }
+    free(m->text);
+    free(m);
+    if (s->meta_wait != NULL)
+        meta_flush(s);
+    else if (s->rm_after_meta)
+        rm_start(s);
+}
+
+static void meta_flush(sg__sbx_t *s)
+{
+    meta_work_t *m = calloc(1, sizeof(*m));
+    json_t *o = m ? meta_json(s) : NULL;
+    if (m != NULL) {
+        m->s = s;
+        m->w.data = m;
+        m->text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        m->answer = s->meta_wait;
+    }
+    json_decref(o);
+    if (m == NULL || m->text == NULL ||
+        uv_queue_work(s->node->loop, &m->w, meta_work, meta_done) != 0) {
+        if (m != NULL) {
+            free(m->text);
+            free(m);
+        }
+        for (meta_wait_t *q = s->meta_wait, *next; q; q = next) {
+            next = q->next;
+            q->cb(q->data, 500, json_pack("{s:i,s:s}", "code", 500, "message", "out of memory"));
+            free(q);
+        }
+        s->meta_wait = NULL;
+        return;
+    }
+    s->meta_wait = NULL;
+    s->meta_busy = true;
+}
+
+int sg__sbx_update_end(sg__node_t *n, sg__sbx_t *s, long long end_ms, sg__create_done_cb cb,
+                       void *data)
+{
+    meta_wait_t *q = calloc(1, sizeof(*q));
+    if (q == NULL)
+        return SG_ENOMEM;
     s->end_ms = end_ms;
-    return write_meta(s);
+    q->cb = cb;
+    q->data = data;
+    q->next = s->meta_wait;
+    s->meta_wait = q;
+    if (!s->meta_busy)
+        meta_flush(s);
+    return 0;
 }
 
 /* ---- metrics ---------------------------------------------------------------------------------- */

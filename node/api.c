@@ -134,10 +134,14 @@ static int handle_one(api_t *api, h2o_req_t *req, const char *id, size_t idlen, 
             if (!json_is_integer(e) || json_integer_value(e) < 0 ||
                 json_integer_value(e) > 253402300799999LL) {
                 sg_http_error(req, 400, "body must be {\"endAtMs\": <integer ms>}");
-            } else if (sg__sbx_update_end(n, s, json_integer_value(e)) != 0) {
-                sg_http_error(req, 500, "cannot persist the new end time");
             } else {
-                sg_http_json(req, 204, NULL);
+                create_wait_t *w = wait_new(req);
+                if (w == NULL ||
+                    sg__sbx_update_end(n, s, json_integer_value(e), on_create_done, w) != 0) {
+                    if (w != NULL)
+                        wait_cancel(w);
+                    sg_http_error(req, 500, "cannot persist the new end time");
+                }
             }
             json_decref(o);
         } else {

@@ -180,6 +180,9 @@ struct sg__sbx {
     bool mounted;
     bool delete_requested; /* DELETE (or expiry) arrived while creating */
     bool nft_added;        /* address is in the egress set */
+    bool meta_busy;        /* a meta.json write (PATCH) is on the thread pool */
+    bool rm_after_meta;    /* the teardown waits for it to remove the files */
+    struct meta_wait *meta_wait; /* PATCH callers waiting for the next write */
     /* create in progress */
     struct sg__create_op *op;
     /* cpu % sampling */
@@ -231,8 +234,10 @@ int sg__sbx_create(sg__node_t *n, sg__create_req_t *req, sg__create_done_cb cb, 
                    int *status, char *err, size_t errlen);
 /* Delete: starts the teardown; the sandbox disappears from lookups at once. */
 int sg__sbx_delete(sg__node_t *n, sg__sbx_t *s);
-/* PATCH: new end time, persisted in meta.json. */
-int sg__sbx_update_end(sg__node_t *n, sg__sbx_t *s, long long end_ms);
+/* PATCH: new end time at once; done(data, 204|500, body) once it is in meta.json (thread pool),
+ * exactly once unless this returns an error. */
+int sg__sbx_update_end(sg__node_t *n, sg__sbx_t *s, long long end_ms, sg__create_done_cb cb,
+                       void *data);
 /* Metrics (cgroup files, upper-layer size) read on the thread pool; done(data, status, body) runs
  * on the loop exactly once (404 if the sandbox went meanwhile) unless this returns an error. */
 int sg__sbx_metrics(sg__node_t *n, sg__sbx_t *s, sg__create_done_cb cb, void *data);

@@ -402,7 +402,20 @@ test('expiry: the node kills a sandbox at endAtMs + grace on its own; PATCH exte
   await waitFor(async () => (await api(node, 'GET', `/v1/sandboxes/${a.id}`)).status === 404, 15000);
   await sleep(500);
   assert.equal((await api(node, 'GET', `/v1/sandboxes/${b.id}`)).status, 200);
+  // PATCHes at once: each answered 204 once written; meta.json (what a restarted agent reads)
+  // ends with the value the agent holds (the last to arrive), and a delete right after a PATCH
+  // leaves no file behind.
+  const base = Date.now() + 7200_000;
+  const codes = await Promise.all([...Array(10)].map((_, i) =>
+    api(node, 'PATCH', `/v1/sandboxes/${b.id}`, { endAtMs: base + i }).then((r) => r.status)));
+  assert.deepEqual(codes, Array(10).fill(204));
+  const meta = JSON.parse(readFileSync(join(node.state, 'sandboxes', containerOf(node, b.id), 'meta.json'), 'utf8'));
+  assert.ok(meta.endAtMs >= base && meta.endAtMs <= base + 9, String(meta.endAtMs));
+  assert.equal((await api(node, 'GET', `/v1/sandboxes/${b.id}`)).json.endAtMs, meta.endAtMs);
+  const dir = join(node.state, 'sandboxes', containerOf(node, b.id));
+  void api(node, 'PATCH', `/v1/sandboxes/${b.id}`, { endAtMs: base + 10 });
   await remove(b.id);
+  await waitFor(() => !existsSync(dir), 15000);
 });
 
 test('restart: SIGKILL the agent, start it again: sandboxes still answer, accounting intact', opts, async () => {
