@@ -1117,8 +1117,11 @@ static void on_rt_deleted(void *data, int status, const char *err)
  * restart it is not, and the runtime's delete does it. */
 static void kill_now(sg__sbx_t *s)
 {
-    if (s->pid > 0 && live_parent(s->pid) == (int)getpid())
+    if (s->pid > 0 && live_parent(s->pid) == (int)getpid()) {
+        sg_log(SG_LOG_DEBUG, "killing the sandbox's processes", SG_LS("sandbox", s->id),
+               SG_LI("pid", s->pid));
         kill(s->pid, SIGKILL);
+    }
 }
 
 int sg__sbx_delete(sg__node_t *n, sg__sbx_t *s)

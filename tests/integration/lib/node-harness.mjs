@@ -279,8 +279,13 @@ export function containerOf(node, id) {
 
 // Runs a command inside a sandbox through the OCI runtime (until envd runs processes).
 export function execIn(node, id, args, opts = {}) {
-  return execFileSync('runc', ['--root', join(node.state, 'runc'), 'exec', containerOf(node, id), ...args],
-    { encoding: 'utf8', timeout: 30000, stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+  try {
+    return execFileSync('runc', ['--root', join(node.state, 'runc'), 'exec', containerOf(node, id), ...args],
+      { encoding: 'utf8', timeout: 30000, stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+  } catch (e) {
+    e.message += `\n(exit ${e.status}, signal ${e.signal}; stdout: ${e.stdout}; stderr: ${e.stderr})`;
+    throw e;
+  }
 }
 export function execInStatus(node, id, args) {
   try { return { code: 0, out: execIn(node, id, args) }; }
