@@ -1,7 +1,8 @@
 // The user-visible headline: Sandbox.create() -> first command output, through the gateway with
 // the official SDK, at 1 and at N concurrent users, against the cluster in .sandgate/dev.env
 // (start it with `SANDGATE_DETACH=1 deploy/dev.sh`). Every sandbox is killed afterwards.
-//   node bench/e2e_bench.mjs [--rounds 10] [--users 1,20] [--pause-ms 3000]
+//   node bench/e2e_bench.mjs [--rounds 10] [--users 1,20] [--pause-ms 3000] [--env FILE]
+// --env: another cluster's `export E2B_...=` lines (e.g. what tests/e2e/cluster.mjs prints).
 // --pause-ms: quiet time between rounds, in which the node refills its warm pool (a burst of N
 // users every few seconds, not back to back).
 import fs from 'node:fs';
@@ -10,7 +11,9 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-for (const line of fs.readFileSync(path.join(root, '.sandgate/dev.env'), 'utf8').split('\n')) {
+const envFile = process.argv.includes('--env') ? process.argv[process.argv.indexOf('--env') + 1]
+  : path.join(root, '.sandgate/dev.env');
+for (const line of fs.readFileSync(envFile, 'utf8').split('\n')) {
   const m = /^export (\w+)=(.*)$/.exec(line);
   if (m) process.env[m[1]] = m[2];
 }

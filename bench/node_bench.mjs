@@ -40,7 +40,8 @@ function cgroupUsage(node) {
 }
 
 async function createTimed(node, over) {
-  const body = createBody({ memoryMB: 128, ...over });
+  // internet access on, as the E2B SDK asks by default (one egress-set change per start)
+  const body = createBody({ memoryMB: 128, allowInternetAccess: true, ...over });
   const t0 = performance.now();
   const r = await api(node, 'POST', '/v1/sandboxes', body);
   const ms = performance.now() - t0;

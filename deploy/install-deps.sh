@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake pkg-config git ca-certificates curl
   libh2o-dev libuv1-dev libssl-dev libwslay-dev libhiredis-dev libpq-dev libmbedtls-dev
-  libyaml-dev libjansson-dev libcmocka-dev zlib1g-dev
+  libyaml-dev libjansson-dev libcmocka-dev zlib1g-dev libnftables-dev
   postgresql redis-server
   runc iproute2 nftables debootstrap util-linux procps psmisc
   nodejs npm wrk nginx-light

@@ -21,6 +21,7 @@
 #include <linux/rtnetlink.h>
 #include <linux/neighbour.h>
 #include <linux/veth.h>
+#include <pthread.h>
 #include <sched.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <nftables/libnftables.h>
 #include "common/common.h"
 #include "node/internal.h"
 
@@ -451,27 +453,48 @@ void sg__net_detach(sg__node_t *n, sg__sbx_t *s)
     close(fd);
 }
 
-/* ---- async nft for the egress set ------------------------------------------------------------ */
+/* ---- the egress set: libnftables on the thread pool ---------------------------------------------
+ * A create with internet access (E2B's default) adds the sandbox's address to the set: spawning
+ * `nft` cost 100+ ms of a start under load, a netlink transaction in process costs about 1 ms.
+ * One context for the process: libnftables contexts are not thread-safe, so pool threads take
+ * turns. */
+
+static pthread_mutex_t nft_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct nft_ctx *nft_ctx;
 
 typedef struct {
-    uv_process_t proc;
+    uv_work_t w;
     sg__rt_cb cb;
     void *data;
-    int64_t status;
+    char cmd[192];
+    char err[160];
+    int status;
 } nftop_t;
 
-static void on_nft_closed(uv_handle_t *h)
+static void nft_work(uv_work_t *w)
 {
-    nftop_t *o = h->data;
-    if (o->cb)
-        o->cb(o->data, o->status == 0 ? 0 : SG_EIO, o->status == 0 ? NULL : "nft failed");
-    free(o);
+    nftop_t *o = w->data;
+    pthread_mutex_lock(&nft_mu);
+    if (nft_ctx == NULL && (nft_ctx = nft_ctx_new(NFT_CTX_DEFAULT)) != NULL) {
+        nft_ctx_buffer_output(nft_ctx);
+        nft_ctx_buffer_error(nft_ctx);
+    }
+    o->status = nft_ctx ? nft_run_cmd_from_buffer(nft_ctx, o->cmd) : -1;
+    if (o->status != 0) {
+        const char *e = nft_ctx ? nft_ctx_get_error_buffer(nft_ctx) : "no libnftables context";
+        snprintf(o->err, sizeof(o->err), "%s", e ? e : "");
+    }
+    pthread_mutex_unlock(&nft_mu);
 }
 
-static void on_nft_exit(uv_process_t *p, int64_t st, int sig)
+static void nft_done(uv_work_t *w, int status)
 {
-    ((nftop_t *)p->data)->status = st != 0 || sig != 0 ? 1 : 0;
-    uv_close((uv_handle_t *)p, on_nft_closed);
+    nftop_t *o = w->data;
+    bool ok = status == 0 && o->status == 0;
+    if (!ok)
+        sg_log(SG_LOG_WARN, "egress set change failed", SG_LS("cmd", o->cmd), SG_LS("err", o->err));
+    o->cb(o->data, ok ? 0 : SG_EIO, ok ? NULL : "nft failed");
+    free(o);
 }
 
 int sg__net_set_internet(sg__node_t *n, sg__sbx_t *s, bool on, sg__rt_cb cb, void *data)
@@ -481,19 +504,11 @@ int sg__net_set_internet(sg__node_t *n, sg__sbx_t *s, bool on, sg__rt_cb cb, voi
         return SG_ENOMEM;
     o->cb = cb;
     o->data = data;
-    o->proc.data = o;
-    char elem[64];
-    snprintf(elem, sizeof(elem), "{ %s }", s->addr);
-    char *args[] = {"nft", on ? "add" : "delete", "element", "inet", n->nft_table, "internet",
-                    elem, NULL};
-    uv_stdio_container_t stdio[3] = {{.flags = UV_IGNORE}, {.flags = UV_IGNORE},
-                                     {.flags = UV_IGNORE}};
-    uv_process_options_t opt = {.exit_cb = on_nft_exit, .file = "nft", .args = args,
-                                .stdio_count = 3, .stdio = stdio};
-    int r = uv_spawn(n->loop, &o->proc, &opt);
-    if (r != 0) {
-        o->cb = NULL;
-        uv_close((uv_handle_t *)&o->proc, on_nft_closed);
+    o->w.data = o;
+    snprintf(o->cmd, sizeof(o->cmd), "%s element inet %s internet { %s }", on ? "add" : "delete",
+             n->nft_table, s->addr);
+    if (uv_queue_work(n->loop, &o->w, nft_work, nft_done) != 0) {
+        free(o);
         return SG_EIO;
     }
     return 0;
