@@ -76,6 +76,8 @@ struct sg_worker {
     uv_tcp_t listeners[SG_CONFIG_MAX_LISTENERS];
     size_t nlisteners;
     uv_async_t wake;
+    uv_async_t tls_wake;            /* server.c: a certificate reload was published */
+    _Atomic unsigned tls_gen_seen;  /* last reload generation this worker switched to */
     uv_timer_t drain;
     long long drain_deadline_ms, quiet_since_ms;
     sg_pg_t *pg;

@@ -3,8 +3,11 @@
  *
  * Each worker thread runs its own libuv loop and h2o context and binds every listener itself with
  * SO_REUSEPORT, so the kernel spreads connections over workers and no connection ever crosses a
- * thread. TLS listeners share SSL_CTXs built once at start (one per certificate, chosen by SNI,
- * the first as default); h2o's ALPN is registered on every one of them.
+ * thread. TLS listeners share SSL_CTXs (one per certificate, chosen by SNI, the first as default;
+ * h2o's ALPN is registered on every one of them), grouped in one immutable generation behind an
+ * atomic pointer. SIGHUP re-reads every certificate and key into a new generation and publishes it
+ * (a failure keeps the old one whole); each worker then acknowledges through a uv_async, after
+ * which the old generation is freed: live connections keep their SSL_CTX by OpenSSL's refcount.
  *
  * Shutdown (SIGTERM/SIGINT): the main thread wakes every worker, which closes its listeners,
  * asks h2o to wind down keep-alive connections, and stops its loop once no request is in flight
@@ -44,12 +47,16 @@ const char *sg_client_addr(h2o_req_t *req, char *buf, size_t cap)
 
 /* ---- TLS ------------------------------------------------------------------------------------- */
 
+/* One generation of certificates for every listener, immutable once published. SSL objects hold
+ * their own references to the SSL_CTX they were made from (OpenSSL refcounts), so a generation's
+ * contexts may be released once no worker can pick one for a new handshake any more. */
 typedef struct {
-    SSL_CTX *ctxs[SG_CONFIG_MAX_CERTS];
-    size_t n;
-} sni_set_t;
+    SSL_CTX *ctxs[SG_CONFIG_MAX_LISTENERS][SG_CONFIG_MAX_CERTS];
+    size_t n[SG_CONFIG_MAX_LISTENERS];
+} tls_set_t;
 
-static sni_set_t sni_sets[SG_CONFIG_MAX_LISTENERS];
+static _Atomic(tls_set_t *) tls_current;
+static _Atomic unsigned tls_gen; /* bumped by each published reload; workers echo it back */
 
 /* Does the certificate of ctx cover name (exact or one-label wildcard)? */
 static bool ctx_matches(SSL_CTX *ctx, const char *name)
@@ -58,35 +65,51 @@ static bool ctx_matches(SSL_CTX *ctx, const char *name)
     return x && X509_check_host(x, name, strlen(name), 0, NULL) == 1;
 }
 
+/* arg is the listener's index, never a set: a handshake that began before a reload reads its
+ * ClientHello after it, and must then take the current generation (its first context may belong
+ * to an older one). Always switching also moves a handshake started on an old default context to
+ * the new certificates. OpenSSL (1.1.1+) calls this with or without an SNI extension. */
 static int on_sni(SSL *ssl, int *ad, void *arg)
 {
-    sni_set_t *set = arg;
+    size_t l = (size_t)(uintptr_t)arg;
+    tls_set_t *set = atomic_load_explicit(&tls_current, memory_order_acquire);
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (name == NULL)
-        return SSL_TLSEXT_ERR_OK; /* default certificate */
-    for (size_t i = 0; i < set->n; i++)
-        if (ctx_matches(set->ctxs[i], name)) {
-            SSL_set_SSL_CTX(ssl, set->ctxs[i]);
-            return SSL_TLSEXT_ERR_OK;
+    SSL_CTX *pick = set->ctxs[l][0];
+    for (size_t i = 0; name != NULL && i < set->n[l]; i++)
+        if (ctx_matches(set->ctxs[l][i], name)) {
+            pick = set->ctxs[l][i];
+            break;
         }
+    if (SSL_get_SSL_CTX(ssl) != pick)
+        SSL_set_SSL_CTX(ssl, pick);
     return SSL_TLSEXT_ERR_OK;
 }
 
 static SSL_CTX *tls_ctx(const sg_config_cert_t *c, bool http2, char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    if (ctx == NULL)
+    if (ctx == NULL) {
+        snprintf(err, errlen, "TLS: out of memory");
         return NULL;
+    }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
     /* TLS 1.2: forward-secret AEAD suites only (TLS 1.3 suites are all modern already). */
     SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20");
-    if (SSL_CTX_use_certificate_chain_file(ctx, c->cert_file) != 1 ||
-        SSL_CTX_use_PrivateKey_file(ctx, c->key_file, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(ctx) != 1) {
-        snprintf(err, errlen, "TLS: cannot load %s / %s: %s", c->cert_file, c->key_file,
-                 ERR_reason_error_string(ERR_get_error()));
+    ERR_clear_error();
+    const char *what = NULL, *file = NULL;
+    if (SSL_CTX_use_certificate_chain_file(ctx, c->cert_file) != 1)
+        what = "cannot load certificate", file = c->cert_file;
+    else if (SSL_CTX_use_PrivateKey_file(ctx, c->key_file, SSL_FILETYPE_PEM) != 1)
+        what = "cannot load key", file = c->key_file;
+    else if (SSL_CTX_check_private_key(ctx) != 1)
+        what = "key does not match its certificate", file = c->key_file;
+    if (what != NULL) {
+        const char *reason = ERR_reason_error_string(ERR_peek_last_error());
+        snprintf(err, errlen, "TLS: %s %s (certificate %s): %s", what, file, c->cert_file,
+                 reason != NULL ? reason : "error");
+        ERR_clear_error();
         SSL_CTX_free(ctx);
         return NULL;
     }
@@ -97,21 +120,106 @@ static SSL_CTX *tls_ctx(const sg_config_cert_t *c, bool http2, char *err, size_t
     return ctx;
 }
 
-static int setup_tls(char *err, size_t errlen)
+static void tls_set_free(tls_set_t *set)
 {
+    if (set == NULL)
+        return;
+    for (size_t l = 0; l < SG_CONFIG_MAX_LISTENERS; l++)
+        for (size_t c = 0; c < set->n[l]; c++)
+            SSL_CTX_free(set->ctxs[l][c]);
+    free(set);
+}
+
+/* Reads every configured certificate and key (blocking file I/O: main thread only). NULL with
+ * err naming the file on failure. */
+static tls_set_t *tls_load(char *err, size_t errlen)
+{
+    tls_set_t *set = calloc(1, sizeof(*set));
+    if (set == NULL) {
+        snprintf(err, errlen, "TLS: out of memory");
+        return NULL;
+    }
     for (size_t l = 0; l < sg_server.cfg.nlisteners; l++) {
         sg_config_listener_t *li = &sg_server.cfg.listeners[l];
-        sni_set_t *set = &sni_sets[l];
         for (size_t c = 0; c < li->ncerts; c++) {
-            if ((set->ctxs[c] = tls_ctx(&li->certs[c], li->http2, err, errlen)) == NULL)
-                return -1;
-            set->n++;
-            SSL_CTX_set_tlsext_servername_callback(set->ctxs[c], on_sni);
-            SSL_CTX_set_tlsext_servername_arg(set->ctxs[c], set);
+            SSL_CTX *ctx = tls_ctx(&li->certs[c], li->http2, err, errlen);
+            if (ctx == NULL) {
+                tls_set_free(set);
+                return NULL;
+            }
+            set->ctxs[l][set->n[l]++] = ctx;
+            SSL_CTX_set_tlsext_servername_callback(ctx, on_sni);
+            SSL_CTX_set_tlsext_servername_arg(ctx, (void *)(uintptr_t)l);
         }
-        sg_server.ssl[l] = set->n ? set->ctxs[0] : NULL;
     }
+    return set;
+}
+
+static int setup_tls(char *err, size_t errlen)
+{
+    tls_set_t *set = tls_load(err, errlen);
+    if (set == NULL)
+        return -1;
+    atomic_store_explicit(&tls_current, set, memory_order_release);
+    for (size_t l = 0; l < sg_server.cfg.nlisteners; l++)
+        sg_server.ssl[l] = set->n[l] ? set->ctxs[l][0] : NULL;
     return 0;
+}
+
+/* Worker side of a reload: from here on this worker's accepts start on the new default contexts;
+ * echoing the generation tells the main thread that no callback of this worker still uses the
+ * old set (callbacks never keep a set across loop iterations). */
+static void on_tls_reload(uv_async_t *a)
+{
+    sg_worker_t *w = a->data;
+    unsigned gen = atomic_load_explicit(&tls_gen, memory_order_acquire);
+    tls_set_t *set = atomic_load_explicit(&tls_current, memory_order_acquire);
+    for (size_t l = 0; l < w->nlisteners; l++)
+        if (set->n[l] > 0)
+            w->accept_ctx[l].ssl_ctx = set->ctxs[l][0];
+    atomic_store_explicit(&w->tls_gen_seen, gen, memory_order_release);
+}
+
+/* SIGHUP: re-read every certificate; on any failure keep the current generation entirely. */
+static void tls_reload(void)
+{
+    char err[1024];
+    bool any = false;
+    for (size_t l = 0; l < sg_server.cfg.nlisteners; l++)
+        any = any || sg_server.cfg.listeners[l].ncerts > 0;
+    if (!any) {
+        sg_log_msg(SG_LOG_INFO, "reload: no TLS listener, nothing to do");
+        return;
+    }
+    tls_set_t *set = tls_load(err, sizeof(err));
+    if (set == NULL) {
+        sg_log(SG_LOG_ERROR, "TLS reload failed, keeping the current certificates", SG_LS("error", err));
+        return;
+    }
+    tls_set_t *old = atomic_exchange_explicit(&tls_current, set, memory_order_acq_rel);
+    unsigned gen = atomic_fetch_add_explicit(&tls_gen, 1, memory_order_acq_rel) + 1;
+    for (int i = 0; i < sg_server.nworkers; i++)
+        uv_async_send(&sg_server.workers[i].tls_wake);
+    /* Bounded wait for every worker to pass a loop iteration; a worker stuck past it would be a
+     * bug elsewhere: then the old set is leaked rather than freed under it. */
+    long long deadline = sg_now_ms() + 5000;
+    bool all = false;
+    while (!all && sg_now_ms() < deadline) {
+        all = true;
+        for (int i = 0; i < sg_server.nworkers; i++)
+            if (atomic_load_explicit(&sg_server.workers[i].tls_gen_seen, memory_order_acquire) != gen)
+                all = false;
+        if (!all)
+            usleep(5000);
+    }
+    if (all)
+        tls_set_free(old);
+    else
+        sg_log_msg(SG_LOG_WARN, "TLS reload: a worker did not acknowledge; old certificates kept in memory");
+    size_t n = 0;
+    for (size_t l = 0; l < sg_server.cfg.nlisteners; l++)
+        n += set->n[l];
+    sg_log(SG_LOG_INFO, "TLS certificates reloaded", SG_LI("certificates", (long long)n));
 }
 
 /* ---- workers --------------------------------------------------------------------------------- */
@@ -207,6 +315,8 @@ static int worker_init(sg_worker_t *w, int index, char *err, size_t errlen)
     w->rng |= 1;
     uv_async_init(&w->loop, &w->wake, on_wake);
     w->wake.data = w;
+    uv_async_init(&w->loop, &w->tls_wake, on_tls_reload);
+    w->tls_wake.data = w;
     w->pg = sg_pg_new(&w->loop, c->postgres.dsn, c->postgres.pool_size, c->postgres.query_timeout_ms);
     w->redis = sg_redis_new(&w->loop, c->redis.address, c->redis.password, c->redis.db,
                             c->redis.timeout_ms);
@@ -278,6 +388,7 @@ int sg__serve(const char *config_path)
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
     for (int i = 0; i < sg_server.nworkers; i++)
@@ -294,7 +405,8 @@ int sg__serve(const char *config_path)
            SG_LS("domain", c->domain));
 
     int sig = 0;
-    sigwait(&set, &sig);
+    while (sigwait(&set, &sig) == 0 && sig == SIGHUP)
+        tls_reload();
     sg_log(SG_LOG_INFO, "shutting down", SG_LS("signal", sig == SIGTERM ? "TERM" : "INT"));
     for (int i = 0; i < sg_server.nworkers; i++)
         uv_async_send(&sg_server.workers[i].wake);

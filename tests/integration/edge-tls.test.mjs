@@ -1,0 +1,146 @@
+// Edge TLS (issue 6): certificate reload on SIGHUP without dropping connections. A gateway with a
+// plain listener and a TLS one serving certificate A; a keep-alive HTTPS connection keeps making
+// requests while the files are replaced by certificate B and the gateway gets SIGHUP: new
+// handshakes see B (with and without SNI), the old connection keeps working (on A), and a reload
+// with a broken key keeps B and logs the file. Real PostgreSQL, Redis and gateway; a test CA.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import https from 'node:https';
+import path from 'node:path';
+import tls from 'node:tls';
+import {
+  SANDGATE, startPostgres, startRedis, gatewayConfig, sandgate, tmpdir, freePort, launch, waitFor,
+  onCleanup, sleep,
+} from './lib/services.mjs';
+
+const DOMAIN = 'sandgate.test';
+let pg, redis, gw, dir, ca;
+
+// A CA and two leaf certificates for *.<domain> and api.<domain>, told apart by their CN.
+function makeCerts(d) {
+  const ossl = (...a) => execFileSync('openssl', a, { cwd: d, stdio: ['ignore', 'ignore', 'pipe'] });
+  ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2',
+    '-subj', '/CN=sandgate edge test CA', '-addext', 'basicConstraints=critical,CA:TRUE',
+    '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  fs.writeFileSync(path.join(d, 'leaf.ext'), `subjectAltName=DNS:*.${DOMAIN},DNS:api.${DOMAIN}\n` +
+    'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n');
+  for (const n of ['A', 'B']) {
+    ossl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${n}.key`, '-out', `${n}.csr`, '-subj', `/CN=cert-${n}`);
+    ossl('x509', '-req', '-in', `${n}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial',
+      '-out', `${n}.pem`, '-days', '2', '-extfile', 'leaf.ext');
+  }
+  return path.join(d, 'ca.pem');
+}
+
+before(async () => {
+  pg = await startPostgres();
+  redis = await startRedis();
+  dir = tmpdir('gwtls');
+  ca = makeCerts(dir);
+  fs.copyFileSync(path.join(dir, 'A.pem'), path.join(dir, 'cert.pem'));
+  fs.copyFileSync(path.join(dir, 'A.key'), path.join(dir, 'key.pem'));
+  const admin = path.join(dir, 'admin.yaml');
+  fs.writeFileSync(admin, gatewayConfig({ port: 1, pg, redis }));
+  sandgate(admin, 'migrate');
+  const port = await freePort();
+  const tlsPort = await freePort();
+  const yaml = gatewayConfig({ port, pg, redis }).replace(/^listeners:\n {2}- address: .*\n {4}port: \d+\n/m,
+    `listeners:
+  - address: 127.0.0.1
+    port: ${port}
+  - address: 127.0.0.1
+    port: ${tlsPort}
+    certs:
+      - cert_file: ${path.join(dir, 'cert.pem')}
+        key_file: ${path.join(dir, 'key.pem')}
+`);
+  assert.ok(yaml.includes(`port: ${tlsPort}`), 'listeners replaced');
+  const config = path.join(dir, 'gateway.yaml');
+  fs.writeFileSync(config, yaml);
+  gw = { port, tlsPort, url: `http://127.0.0.1:${port}`, log: path.join(dir, 'gateway.log') };
+  gw.proc = launch(SANDGATE, ['--config', config, 'serve'], { log: gw.log });
+  onCleanup(() => gw.proc.kill('SIGKILL'));
+  await waitFor(async () => (await fetch(`${gw.url}/health`)).status === 200, { what: 'gateway' });
+});
+
+after(async () => {
+  gw?.proc.kill('SIGKILL');
+  await redis?.stop();
+  await pg?.stop();
+});
+
+// The CN of the certificate a new handshake gets (servername undefined: no SNI, the default).
+function peerCN(servername) {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port: gw.tlsPort, servername, ca: fs.readFileSync(ca),
+      checkServerIdentity: () => undefined }, () => {
+      const cn = s.getPeerCertificate().subject.CN;
+      s.end();
+      resolve(cn);
+    });
+    s.on('error', reject);
+  });
+}
+
+function get(agent) {
+  return new Promise((resolve, reject) => {
+    const req = https.get({ host: '127.0.0.1', port: gw.tlsPort, servername: `api.${DOMAIN}`, path: '/health',
+      headers: { host: `api.${DOMAIN}` }, ca: fs.readFileSync(ca), agent }, (res) => {
+      const sock = res.socket;
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode, port: sock.localPort, cn: sock.getPeerCertificate().subject.CN }));
+    });
+    req.on('error', reject);
+  });
+}
+
+test('SIGHUP reloads certificates: new handshakes get the new one, a keep-alive connection goes on', { timeout: 60000 }, async () => {
+  assert.equal(await peerCN(`api.${DOMAIN}`), 'cert-A');
+  assert.equal(await peerCN(undefined), 'cert-A');
+
+  const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+  const seen = [];
+  let stop = false;
+  const loop = (async () => {
+    while (!stop) { seen.push(await get(agent)); await sleep(20); }
+  })();
+  await waitFor(() => seen.length >= 5, { what: 'requests before the reload' });
+
+  fs.copyFileSync(path.join(dir, 'B.pem'), path.join(dir, 'cert.pem'));
+  fs.copyFileSync(path.join(dir, 'B.key'), path.join(dir, 'key.pem'));
+  const before = seen.length;
+  gw.proc.kill('SIGHUP');
+  await waitFor(async () => (await peerCN(`api.${DOMAIN}`)) === 'cert-B', { what: 'certificate B', timeout: 10000 });
+  assert.equal(await peerCN(`7000-abcdefghijklmnopqrst.${DOMAIN}`), 'cert-B');
+  assert.equal(await peerCN(undefined), 'cert-B');
+  await waitFor(() => seen.length >= before + 10, { what: 'requests after the reload' });
+  stop = true;
+  await loop;
+  agent.destroy();
+
+  for (const r of seen) assert.equal(r.status, 200);
+  // one connection throughout, still on the certificate it was set up with
+  assert.deepEqual([...new Set(seen.map((r) => r.port))].length, 1, 'the keep-alive connection was kept');
+  assert.ok(seen.every((r) => r.cn === 'cert-A'));
+  assert.match(fs.readFileSync(gw.log, 'utf8'), /TLS certificates reloaded/);
+
+  // A broken reload: B's certificate with A's key. B stays, the error names the key file.
+  fs.copyFileSync(path.join(dir, 'A.key'), path.join(dir, 'key.pem'));
+  gw.proc.kill('SIGHUP');
+  await waitFor(() => /TLS reload failed/.test(fs.readFileSync(gw.log, 'utf8')), { what: 'reload error', timeout: 10000 });
+  const line = fs.readFileSync(gw.log, 'utf8').split('\n').find((l) => /TLS reload failed/.test(l));
+  assert.ok(line.includes(path.join(dir, 'key.pem')), line);
+  assert.equal(await peerCN(`api.${DOMAIN}`), 'cert-B');
+  assert.equal((await get(undefined)).status, 200);
+
+  // An unreadable file: same.
+  fs.rmSync(path.join(dir, 'cert.pem'));
+  gw.proc.kill('SIGHUP');
+  await waitFor(() => fs.readFileSync(gw.log, 'utf8').split('\n')
+    .some((l) => /TLS reload failed/.test(l) && l.includes(path.join(dir, 'cert.pem'))), { what: 'second reload error', timeout: 10000 });
+  assert.equal(await peerCN(undefined), 'cert-B');
+  assert.equal((await fetch(`${gw.url}/health`)).status, 200);
+  assert.equal(gw.proc.exitCode, null, 'the gateway is still running');
+});
