@@ -23,6 +23,15 @@
 #include "gateway/internal.h"
 
 #define DRAIN_MS 10000
+/* Connections past http.max_connections_per_ip that still get their 429 answer; past this many
+ * more they are closed at accept, so a client's idle over-limit connections stay bounded too. */
+#define REJECT_SLACK 16
+
+/* A client connection: the libuv handle h2o wraps, and its connlimit slot. */
+typedef struct {
+    uv_tcp_t tcp; /* first: h2o's close callback receives this handle */
+    int slot;     /* -1 = not counted */
+} client_conn_t;
 
 sg_server_t sg_server;
 
@@ -176,7 +185,7 @@ static void on_tls_reload(uv_async_t *a)
     tls_set_t *set = atomic_load_explicit(&tls_current, memory_order_acquire);
     for (size_t l = 0; l < w->nlisteners; l++)
         if (set->n[l] > 0)
-            w->accept_ctx[l].ssl_ctx = set->ctxs[l][0];
+            w->accept_ctx[l].ssl_ctx = w->reject_ctx[l].ssl_ctx = set->ctxs[l][0];
     atomic_store_explicit(&w->tls_gen_seen, gen, memory_order_release);
 }
 
@@ -224,12 +233,59 @@ static void tls_reload(void)
 
 /* ---- workers --------------------------------------------------------------------------------- */
 
+/* Runs once per accepted connection, when libuv has closed its handle: the one place the
+ * per-address count goes down. */
+static void on_client_close(uv_handle_t *h)
+{
+    client_conn_t *c = (client_conn_t *)h;
+    sg__connlimit_release(c->slot);
+    free(c);
+}
+
 static void on_accept(uv_stream_t *listener, int status)
 {
     h2o_accept_ctx_t *actx = listener->data;
+    sg_worker_t *w = (sg_worker_t *)((char *)listener->loop - offsetof(sg_worker_t, loop));
+    size_t li = (size_t)(actx - w->accept_ctx);
     if (status != 0)
         return;
-    sg_http_accept(listener, actx);
+    client_conn_t *c = h2o_mem_alloc(sizeof(*c));
+    c->slot = -1;
+    uv_tcp_init(listener->loop, &c->tcp);
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+        uv_close((uv_handle_t *)&c->tcp, on_client_close);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1); /* small responses (API JSON, Connect frames) must not wait */
+    int limit = sg_server.cfg.http.max_connections_per_ip, count = 0;
+    if (limit > 0) {
+        struct sockaddr_storage ss;
+        int len = sizeof(ss);
+        if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+            c->slot = sg__connlimit_acquire((struct sockaddr *)&ss, &count);
+        if (count > limit) {
+            /* An HTTP/2 connection cannot be told to close after one answer (h2o 2.2.5 has no
+             * handler-side GOAWAY), so over-limit connections on h2 listeners end at accept. */
+            const sg_config_listener_t *cl = &sg_server.cfg.listeners[li];
+            if (count > limit + REJECT_SLACK || (cl->ncerts > 0 && cl->http2)) {
+                uv_close((uv_handle_t *)&c->tcp, on_client_close);
+                return;
+            }
+            actx = &w->reject_ctx[li];
+        }
+    }
+    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)&c->tcp, on_client_close);
+    h2o_accept(actx, sock);
+}
+
+/* The only handler of connections over the per-address limit: 429, then the connection closes
+ * (HTTP/1: the answer carries Connection: close). */
+static int on_reject_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    req->http1_is_persistent = 0;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
+    sg_http_error(req, 429, "Too many open connections from this address");
+    return 0;
 }
 
 static int bind_listener(sg_worker_t *w, size_t i, char *err, size_t errlen)
@@ -259,8 +315,10 @@ static int bind_listener(sg_worker_t *w, size_t i, char *err, size_t errlen)
     }
     h2o_accept_ctx_t *actx = &w->accept_ctx[i];
     actx->ctx = &w->ctx;
-    actx->hosts = sg_server.h2o.hosts;
+    actx->hosts = sg_server.hosts_main;
     actx->ssl_ctx = sg_server.ssl[i];
+    w->reject_ctx[i] = *actx;
+    w->reject_ctx[i].hosts = sg_server.hosts_reject;
     w->listeners[i].data = actx;
     return 0;
 }
@@ -369,9 +427,20 @@ int sg__serve(const char *config_path)
     sg_server.h2o.http1.req_timeout = (uint64_t)c->http.header_timeout_ms;
     sg_server.h2o.http2.idle_timeout = (uint64_t)c->http.idle_timeout_ms;
     sg_server.h2o.http2.graceful_shutdown_timeout = DRAIN_MS;
+    /* HTTP/2 is opt-in per TLS listener (ALPN, `http2: true`): h2o's default would also accept
+     * cleartext HTTP/2 (Upgrade: h2c and the prior-knowledge preface) on every plain listener. */
+    sg_server.h2o.http1.upgrade_to_http2 = 0;
     h2o_hostconf_t *host = h2o_config_register_host(&sg_server.h2o,
                                                     h2o_iovec_init(H2O_STRLIT("default")), 65535);
     sg__http_register(h2o_config_register_path(host, "/", 0));
+    /* Registered in the same globalconf so h2o sets it up in every context; listeners give it
+     * only to over-limit connections (a one-host list: no Host header can reach it otherwise). */
+    h2o_hostconf_t *reject = h2o_config_register_host(
+        &sg_server.h2o, h2o_iovec_init(H2O_STRLIT("sandgate-connection-limit")), 65535);
+    h2o_create_handler(h2o_config_register_path(reject, "/", 0), sizeof(h2o_handler_t))->on_req =
+        on_reject_req;
+    sg_server.hosts_main[0] = host;
+    sg_server.hosts_reject[0] = reject;
 
     if (setup_tls(err, sizeof(err)) != 0) {
         fprintf(stderr, "sandgate: %s\n", err);

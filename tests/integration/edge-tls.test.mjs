@@ -5,7 +5,7 @@
 // with a broken key keeps B and logs the file. Real PostgreSQL, Redis and gateway; a test CA.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
@@ -143,4 +143,11 @@ test('SIGHUP reloads certificates: new handshakes get the new one, a keep-alive 
   assert.equal(await peerCN(undefined), 'cert-B');
   assert.equal((await fetch(`${gw.url}/health`)).status, 200);
   assert.equal(gw.proc.exitCode, null, 'the gateway is still running');
+});
+
+test('HTTP/2 is opt-in over TLS only: no cleartext HTTP/2 (h2c upgrade or prior knowledge) on a plain listener', () => {
+  const curl = (...a) => spawnSync('curl', ['-s', '-o', '/dev/null', '-w', '%{http_version}', '--max-time', '5', ...a], { encoding: 'utf8' });
+  assert.equal(curl(`${gw.url}/health`).stdout, '1.1');
+  assert.equal(curl('--http2', `${gw.url}/health`).stdout, '1.1', 'the Upgrade: h2c offer is ignored');
+  assert.notEqual(curl('--http2-prior-knowledge', `${gw.url}/health`).stdout, '2', 'the h2 preface is not accepted');
 });
