@@ -5,7 +5,7 @@
 // with a broken key keeps B and logs the file. Real PostgreSQL, Redis and gateway; a test CA.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
@@ -14,31 +14,16 @@ import {
   SANDGATE, startPostgres, startRedis, gatewayConfig, sandgate, tmpdir, freePort, launch, waitFor,
   onCleanup, sleep,
 } from './lib/services.mjs';
+import { makeCerts, withTlsListener } from './lib/tls.mjs';
 
 const DOMAIN = 'sandgate.test';
 let pg, redis, gw, dir, ca;
-
-// A CA and two leaf certificates for *.<domain> and api.<domain>, told apart by their CN.
-function makeCerts(d) {
-  const ossl = (...a) => execFileSync('openssl', a, { cwd: d, stdio: ['ignore', 'ignore', 'pipe'] });
-  ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2',
-    '-subj', '/CN=sandgate edge test CA', '-addext', 'basicConstraints=critical,CA:TRUE',
-    '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
-  fs.writeFileSync(path.join(d, 'leaf.ext'), `subjectAltName=DNS:*.${DOMAIN},DNS:api.${DOMAIN}\n` +
-    'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n');
-  for (const n of ['A', 'B']) {
-    ossl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${n}.key`, '-out', `${n}.csr`, '-subj', `/CN=cert-${n}`);
-    ossl('x509', '-req', '-in', `${n}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial',
-      '-out', `${n}.pem`, '-days', '2', '-extfile', 'leaf.ext');
-  }
-  return path.join(d, 'ca.pem');
-}
 
 before(async () => {
   pg = await startPostgres();
   redis = await startRedis();
   dir = tmpdir('gwtls');
-  ca = makeCerts(dir);
+  ca = makeCerts(dir, DOMAIN, ['A', 'B']).ca;
   fs.copyFileSync(path.join(dir, 'A.pem'), path.join(dir, 'cert.pem'));
   fs.copyFileSync(path.join(dir, 'A.key'), path.join(dir, 'key.pem'));
   const admin = path.join(dir, 'admin.yaml');
@@ -46,17 +31,8 @@ before(async () => {
   sandgate(admin, 'migrate');
   const port = await freePort();
   const tlsPort = await freePort();
-  const yaml = gatewayConfig({ port, pg, redis }).replace(/^listeners:\n {2}- address: .*\n {4}port: \d+\n/m,
-    `listeners:
-  - address: 127.0.0.1
-    port: ${port}
-  - address: 127.0.0.1
-    port: ${tlsPort}
-    certs:
-      - cert_file: ${path.join(dir, 'cert.pem')}
-        key_file: ${path.join(dir, 'key.pem')}
-`);
-  assert.ok(yaml.includes(`port: ${tlsPort}`), 'listeners replaced');
+  const yaml = withTlsListener(gatewayConfig({ port, pg, redis }),
+    { port, tlsPort, cert: path.join(dir, 'cert.pem'), key: path.join(dir, 'key.pem') });
   const config = path.join(dir, 'gateway.yaml');
   fs.writeFileSync(config, yaml);
   gw = { port, tlsPort, url: `http://127.0.0.1:${port}`, log: path.join(dir, 'gateway.log') };

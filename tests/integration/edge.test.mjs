@@ -11,7 +11,10 @@ import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { Sandbox } from 'e2b';
 import { World, canRun, TOKEN, waitFor } from './lib/node-harness.mjs';
-import { startPostgres, startGateway, gatewayConfig, sandgate, createTeam, createKey, tmpdir } from './lib/services.mjs';
+import {
+  startPostgres, startGateway, gatewayConfig, sandgate, createTeam, createKey, tmpdir, freePort, launch, onCleanup, SANDGATE,
+} from './lib/services.mjs';
+import { makeCerts, withTlsListener } from './lib/tls.mjs';
 
 const DOMAIN = 'sandgate.test';
 const GW_NODE_TOKEN = 'test-node-token-0123456789'; // what gatewayConfig() writes
@@ -354,6 +357,44 @@ test('edge: a sandbox on a down node answers a JSON 502 at once; served again wh
     assert.equal(viaHost(8000, sbx.sandboxId, '/i.html').body, 'down-ok\n');
   } finally {
     if (stopped) node.proc.kill('SIGCONT');
+    await sbx.kill().catch(() => {});
+  }
+});
+
+// HTTP/2 at the edge: a TLS listener with http2 enabled (a test CA), curl negotiating h2 by ALPN
+// to https://8000-<id>.<domain>/, a python http.server in the sandbox behind it (HTTP/1.1 to the
+// node, HTTP/2 to the client).
+test('edge: HTTP/2 over TLS to a sandbox port', opts, async () => {
+  const dir = tmpdir('gwh2');
+  const certs = makeCerts(dir, DOMAIN);
+  const port = await freePort();
+  const tlsPort = await freePort();
+  const config = path.join(dir, 'gateway.yaml');
+  writeFileSync(config, withTlsListener(gatewayConfig({ port, pg, redis: { address: `127.0.0.1:${w.redisPort}` } }),
+    { port, tlsPort, cert: certs.leaf.cert, key: certs.leaf.key, http2: true }));
+  const proc = launch(SANDGATE, ['--config', config, 'serve'], { log: path.join(dir, 'gateway.log') });
+  onCleanup(() => proc.kill('SIGKILL'));
+  const sbx = await Sandbox.create('base', { ...sdk, timeoutMs: 300000 });
+  try {
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/health`)).status === 200, 15000, 100);
+    await sbx.commands.run('mkdir -p /tmp/h2 && echo h2-ok > /tmp/h2/i.html && cd /tmp/h2 && python3 -m http.server 8000',
+      { background: true });
+    const host = `8000-${sbx.sandboxId}.${DOMAIN}`;
+    const get = (extra = []) => curl(`https://${host}:${tlsPort}/i.html`,
+      ['--cacert', certs.ca, '--resolve', `${host}:${tlsPort}:127.0.0.1`, ...extra]);
+    await waitFor(() => get(['--http2']).status === 200, 15000, 100);
+    let h = get(['--http2']);
+    assert.equal(h.status, 200);
+    assert.equal(h.body, 'h2-ok\n');
+    const version = execFileSync('curl', ['-sS', '-m', '10', '-o', '/dev/null', '-w', '%{http_version}', '--http2',
+      '--cacert', certs.ca, '--resolve', `${host}:${tlsPort}:127.0.0.1`, `https://${host}:${tlsPort}/i.html`], { encoding: 'utf8' });
+    assert.equal(version, '2');
+    // the same URL over HTTP/1.1 on the same listener (ALPN offers both)
+    const v1 = execFileSync('curl', ['-sS', '-m', '10', '-o', '/dev/null', '-w', '%{http_version}', '--http1.1',
+      '--cacert', certs.ca, '--resolve', `${host}:${tlsPort}:127.0.0.1`, `https://${host}:${tlsPort}/i.html`], { encoding: 'utf8' });
+    assert.equal(v1, '1.1');
+  } finally {
+    proc.kill('SIGKILL');
     await sbx.kill().catch(() => {});
   }
 });
