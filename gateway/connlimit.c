@@ -29,6 +29,7 @@ typedef struct {
 
 static entry_t table[BUCKETS * WAYS];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic uint64_t over_limit, untracked; /* for /metrics */
 
 int sg__connlimit_acquire(const struct sockaddr *sa, int *count)
 {
@@ -64,7 +65,20 @@ int sg__connlimit_acquire(const struct sockaddr *sa, int *count)
     if (slot >= 0)
         *count = ++b[slot].count;
     pthread_mutex_unlock(&lock);
+    if (slot < 0)
+        atomic_fetch_add_explicit(&untracked, 1, memory_order_relaxed);
     return slot < 0 ? -1 : (int)(b - table) + slot;
+}
+
+void sg__connlimit_note_over(void)
+{
+    atomic_fetch_add_explicit(&over_limit, 1, memory_order_relaxed);
+}
+
+void sg__connlimit_stats(uint64_t *over, uint64_t *untracked_out)
+{
+    *over = atomic_load_explicit(&over_limit, memory_order_relaxed);
+    *untracked_out = atomic_load_explicit(&untracked, memory_order_relaxed);
 }
 
 void sg__connlimit_release(int slot)

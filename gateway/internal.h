@@ -95,7 +95,6 @@ struct sg_worker {
 typedef struct {
     sg_gateway_config_t cfg;
     h2o_globalconf_t h2o;
-    SSL_CTX *ssl[SG_CONFIG_MAX_LISTENERS];
     h2o_hostconf_t *hosts_main[2];   /* {the gateway's host, NULL}: every normal connection */
     h2o_hostconf_t *hosts_reject[2]; /* {the connection-limit host, NULL}: answers only 429 */
     sg_worker_t *workers;
@@ -155,6 +154,9 @@ int sg__ratelimit_check(h2o_req_t *req);
  * tracked (not IP, or its table bucket is full: fails open). Any thread. */
 int sg__connlimit_acquire(const struct sockaddr *sa, int *count);
 void sg__connlimit_release(int slot);
+/* Counts one connection refused for being over the limit; the totals for /metrics. Any thread. */
+void sg__connlimit_note_over(void);
+void sg__connlimit_stats(uint64_t *over_limit, uint64_t *untracked);
 
 /* metrics.c */
 void sg__metrics_observe(sg_worker_t *w, int route, int status, uint64_t us);

@@ -170,8 +170,6 @@ static int setup_tls(char *err, size_t errlen)
     if (set == NULL)
         return -1;
     atomic_store_explicit(&tls_current, set, memory_order_release);
-    for (size_t l = 0; l < sg_server.cfg.nlisteners; l++)
-        sg_server.ssl[l] = set->n[l] ? set->ctxs[l][0] : NULL;
     return 0;
 }
 
@@ -264,6 +262,7 @@ static void on_accept(uv_stream_t *listener, int status)
         if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
             c->slot = sg__connlimit_acquire((struct sockaddr *)&ss, &count);
         if (count > limit) {
+            sg__connlimit_note_over();
             /* An HTTP/2 connection cannot be told to close after one answer (h2o 2.2.5 has no
              * handler-side GOAWAY), so over-limit connections on h2 listeners end at accept. */
             const sg_config_listener_t *cl = &sg_server.cfg.listeners[li];
@@ -316,7 +315,8 @@ static int bind_listener(sg_worker_t *w, size_t i, char *err, size_t errlen)
     h2o_accept_ctx_t *actx = &w->accept_ctx[i];
     actx->ctx = &w->ctx;
     actx->hosts = sg_server.hosts_main;
-    actx->ssl_ctx = sg_server.ssl[i];
+    tls_set_t *set = atomic_load_explicit(&tls_current, memory_order_acquire);
+    actx->ssl_ctx = set->n[i] > 0 ? set->ctxs[i][0] : NULL; /* later generations: on_tls_reload */
     w->reject_ctx[i] = *actx;
     w->reject_ctx[i].hosts = sg_server.hosts_reject;
     w->listeners[i].data = actx;

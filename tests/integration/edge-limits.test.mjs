@@ -155,6 +155,11 @@ test('max_connections_per_ip: N connections served, N+1 gets 429 and is closed, 
     const again = await openConn(port);
     assert.equal((await request(again)).status, 429);
     again.destroy();
+    // the refusals are counted for operators
+    const m = await request(open[0], '/metrics');
+    assert.equal(m.status, 200);
+    assert.ok(Number(m.body.match(/^sandgate_connections_over_limit_total (\d+)$/m)[1]) >= 2, m.body);
+    assert.match(m.body, /^sandgate_connections_untracked_total 0$/m);
     for (const c of open) c.destroy();
   } finally {
     proc.kill('SIGKILL');
