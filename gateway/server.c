@@ -5,9 +5,11 @@
  * SO_REUSEPORT, so the kernel spreads connections over workers and no connection ever crosses a
  * thread. TLS listeners share SSL_CTXs (one per certificate, chosen by SNI, the first as default;
  * h2o's ALPN is registered on every one of them), grouped in one immutable generation behind an
- * atomic pointer. SIGHUP re-reads every certificate and key into a new generation and publishes it
- * (a failure keeps the old one whole); each worker then acknowledges through a uv_async, after
- * which the old generation is freed: live connections keep their SSL_CTX by OpenSSL's refcount.
+ * atomic pointer; handshakes start on a permanent certificate-less front context per listener and
+ * the SNI callback moves each to the current generation. SIGHUP re-reads every certificate and
+ * key into a new generation and publishes it (a failure keeps the old one whole); each worker then
+ * acknowledges through a uv_async, after which the old generation is freed: connections already
+ * on it keep their SSL_CTX by OpenSSL's refcount.
  *
  * Shutdown (SIGTERM/SIGINT): the main thread wakes every worker, which closes its listeners,
  * asks h2o to wind down keep-alive connections, and stops its loop once no request is in flight
@@ -65,6 +67,11 @@ typedef struct {
 } tls_set_t;
 
 static _Atomic(tls_set_t *) tls_current;
+/* Per TLS listener, made once and never freed: h2o's accept context and every socket accepted
+ * but not yet past its ClientHello hold this pointer without a reference (h2o 2.2.5 defers
+ * SSL_new to the first bytes), so it must not belong to a generation. It has no certificate:
+ * on_sni always moves the handshake to a context of the current generation. */
+static SSL_CTX *tls_front[SG_CONFIG_MAX_LISTENERS];
 static _Atomic unsigned tls_gen; /* bumped by each published reload; workers echo it back */
 
 /* Does the certificate of ctx cover name (exact or one-label wildcard)? */
@@ -94,18 +101,33 @@ static int on_sni(SSL *ssl, int *ad, void *arg)
     return SSL_TLSEXT_ERR_OK;
 }
 
-static SSL_CTX *tls_ctx(const sg_config_cert_t *c, bool http2, char *err, size_t errlen)
+/* h2o keeps the pointer it is given: the list must outlive every context. */
+static const h2o_iovec_t alpn_http1[] = {{H2O_STRLIT("http/1.1")}, {NULL}};
+
+/* A server context with the listener's protocol settings and no certificate. The settings an SSL
+ * object copies at SSL_new (options, versions, ciphers) come from the front context, so every
+ * context a handshake can be switched to carries the same ones. */
+static SSL_CTX *tls_base(bool http2)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    if (ctx == NULL) {
-        snprintf(err, errlen, "TLS: out of memory");
+    if (ctx == NULL)
         return NULL;
-    }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
     /* TLS 1.2: forward-secret AEAD suites only (TLS 1.3 suites are all modern already). */
     SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20");
+    h2o_ssl_register_alpn_protocols(ctx, http2 ? h2o_http2_alpn_protocols : alpn_http1);
+    return ctx;
+}
+
+static SSL_CTX *tls_ctx(const sg_config_cert_t *c, bool http2, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = tls_base(http2);
+    if (ctx == NULL) {
+        snprintf(err, errlen, "TLS: out of memory");
+        return NULL;
+    }
     ERR_clear_error();
     const char *what = NULL, *file = NULL;
     if (SSL_CTX_use_certificate_chain_file(ctx, c->cert_file) != 1)
@@ -122,10 +144,6 @@ static SSL_CTX *tls_ctx(const sg_config_cert_t *c, bool http2, char *err, size_t
         SSL_CTX_free(ctx);
         return NULL;
     }
-    if (http2)
-        h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);
-    else
-        h2o_ssl_register_alpn_protocols(ctx, (const h2o_iovec_t[]){{H2O_STRLIT("http/1.1")}, {NULL}});
     return ctx;
 }
 
@@ -170,20 +188,26 @@ static int setup_tls(char *err, size_t errlen)
     if (set == NULL)
         return -1;
     atomic_store_explicit(&tls_current, set, memory_order_release);
+    for (size_t l = 0; l < sg_server.cfg.nlisteners; l++) {
+        if (set->n[l] == 0)
+            continue;
+        if ((tls_front[l] = tls_base(sg_server.cfg.listeners[l].http2)) == NULL) {
+            snprintf(err, errlen, "TLS: out of memory");
+            return -1;
+        }
+        SSL_CTX_set_tlsext_servername_callback(tls_front[l], on_sni);
+        SSL_CTX_set_tlsext_servername_arg(tls_front[l], (void *)(uintptr_t)l);
+    }
     return 0;
 }
 
-/* Worker side of a reload: from here on this worker's accepts start on the new default contexts;
- * echoing the generation tells the main thread that no callback of this worker still uses the
- * old set (callbacks never keep a set across loop iterations). */
+/* Worker side of a reload: running at all means that no callback of this worker that read the
+ * old set is still running (on_sni never keeps a set past its return), and later ones read the
+ * new one; echoing the generation tells the main thread so. */
 static void on_tls_reload(uv_async_t *a)
 {
     sg_worker_t *w = a->data;
     unsigned gen = atomic_load_explicit(&tls_gen, memory_order_acquire);
-    tls_set_t *set = atomic_load_explicit(&tls_current, memory_order_acquire);
-    for (size_t l = 0; l < w->nlisteners; l++)
-        if (set->n[l] > 0)
-            w->accept_ctx[l].ssl_ctx = w->reject_ctx[l].ssl_ctx = set->ctxs[l][0];
     atomic_store_explicit(&w->tls_gen_seen, gen, memory_order_release);
 }
 
@@ -315,8 +339,7 @@ static int bind_listener(sg_worker_t *w, size_t i, char *err, size_t errlen)
     h2o_accept_ctx_t *actx = &w->accept_ctx[i];
     actx->ctx = &w->ctx;
     actx->hosts = sg_server.hosts_main;
-    tls_set_t *set = atomic_load_explicit(&tls_current, memory_order_acquire);
-    actx->ssl_ctx = set->n[i] > 0 ? set->ctxs[i][0] : NULL; /* later generations: on_tls_reload */
+    actx->ssl_ctx = tls_front[i]; /* NULL: plain HTTP */
     w->reject_ctx[i] = *actx;
     w->reject_ctx[i].hosts = sg_server.hosts_reject;
     w->listeners[i].data = actx;

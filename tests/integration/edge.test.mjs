@@ -36,7 +36,7 @@ before(async () => {
   sandgate(cfg, 'migrate');
   createTeam(cfg, 'edge', '--max-concurrent', '10', '--max-timeout', '3600');
   key = createKey(cfg, 'edge');
-  gw = await startGateway({ pg, redis, extra: 'http:\n  proxy_max_body_bytes: 65536\nscheduler:\n  node_down_after_ms: 2000\n' });
+  gw = await startGateway({ pg, redis, extra: 'http:\n  proxy_max_body_bytes: 65536\nscheduler:\n  node_down_after_ms: 3000\n' });
   // a second gateway: learns of kills on the first one through Redis pub/sub only
   gw2 = await startGateway({ pg, redis, name: 'gw2' });
   sdk = { apiKey: key, apiUrl: gw.url, sandboxUrl: gw.url, domain: DOMAIN, requestTimeoutMs: 30000 };
@@ -321,7 +321,7 @@ test('edge: a WebSocket echo server in the sandbox, through the edge by host', o
 
 // A node that stops answering (its agent SIGSTOPped: the node proxy accepts TCP but never
 // replies, the worst case for a proxy) is down once its heartbeat is scheduler.node_down_after_ms
-// old (2 s on this gateway); its sandboxes' URLs then get the edge's JSON 502 at once instead of
+// old (3 s on this gateway); its sandboxes' URLs then get the edge's JSON 502 at once instead of
 // a proxy attempt that would hang. The node heartbeating again brings the routes back.
 test('edge: a sandbox on a down node answers a JSON 502 at once; served again when the node returns', opts, async () => {
   const sbx = await Sandbox.create('base', { ...sdk, timeoutMs: 300000 });
