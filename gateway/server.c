@@ -59,8 +59,8 @@ const char *sg_client_addr(h2o_req_t *req, char *buf, size_t cap)
 /* ---- TLS ------------------------------------------------------------------------------------- */
 
 /* One generation of certificates for every listener, immutable once published. SSL objects hold
- * their own references to the SSL_CTX they were made from (OpenSSL refcounts), so a generation's
- * contexts may be released once no worker can pick one for a new handshake any more. */
+ * their own references to the SSL_CTX they were switched to (OpenSSL refcounts), so a
+ * generation's contexts may be released once no worker can pick one for a new handshake. */
 typedef struct {
     SSL_CTX *ctxs[SG_CONFIG_MAX_LISTENERS][SG_CONFIG_MAX_CERTS];
     size_t n[SG_CONFIG_MAX_LISTENERS];
@@ -81,10 +81,10 @@ static bool ctx_matches(SSL_CTX *ctx, const char *name)
     return x && X509_check_host(x, name, strlen(name), 0, NULL) == 1;
 }
 
-/* arg is the listener's index, never a set: a handshake that began before a reload reads its
- * ClientHello after it, and must then take the current generation (its first context may belong
- * to an older one). Always switching also moves a handshake started on an old default context to
- * the new certificates. OpenSSL (1.1.1+) calls this with or without an SNI extension. */
+/* arg is the listener's index, never a set: a socket accepted before a reload may send its
+ * ClientHello after it, and then takes the current generation. Every handshake starts on the
+ * certificate-less front context, so this always switches (OpenSSL 1.1.1+ calls it with or
+ * without an SNI extension); the SSL object takes its own reference to the context. */
 static int on_sni(SSL *ssl, int *ad, void *arg)
 {
     size_t l = (size_t)(uintptr_t)arg;
