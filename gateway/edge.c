@@ -2,7 +2,8 @@
  * edge: sandbox traffic. The root handler asks sg__edge_handle() first; routing/ decides from the
  * Host (or, on a shared host, the e2b-sandbox-* headers) whether a request is for the API or for
  * a sandbox port. Sandbox requests are looked up in the Redis catalog ({sg}:sbx:<id> -> node ->
- * {sg}:node:<node>.proxy, one Lua round trip) through a per-worker cache, checked for the traffic
+ * {sg}:node:<node>.proxy and .heartbeat_ms, one Lua round trip; a sandbox whose node is down gets
+ * a JSON 502 at once, not a proxy attempt) through a per-worker cache, checked for the traffic
  * access token when the sandbox disallows public traffic, and proxied to the node proxy with the
  * X-Sandgate-* headers of docs/node-api.md by h2o's reverse proxy (h2o_reprocess_request with a
  * hostport override and this worker's own client context, whose websocket timeout lets upgrades
@@ -36,6 +37,7 @@ typedef struct {
     bool found;
     bool public_traffic;
     char proxy[128];      /* node proxy host:port */
+    long long node_hb_ms; /* the node's last heartbeat (wall ms), 0 = none */
     long long expires_ms; /* monotonic-free wall ms (sg_now_ms) */
 } cache_entry_t;
 
@@ -60,8 +62,8 @@ typedef struct {
 static const char LOOKUP_LUA[] =
     "local f = redis.call('HMGET', KEYS[1], 'node', 'public', 'end')\n"
     "if not f[1] then return false end\n"
-    "local p = redis.call('HGET', '{sg}:node:' .. f[1], 'proxy')\n"
-    "return {f[1], f[2] or '1', f[3] or '0', p or ''}\n";
+    "local n = redis.call('HMGET', '{sg}:node:' .. f[1], 'proxy', 'heartbeat_ms')\n"
+    "return {f[1], f[2] or '1', f[3] or '0', n[1] or '', n[2] or '0'}\n";
 
 static cache_entry_t *slot_of(sg__edge_worker_t *e, const char *id);
 static void on_lookup(sg_redis_t *r, redisReply *reply, void *data);
@@ -69,6 +71,9 @@ static void on_pending_dispose(void *p);
 static void forward(sg__edge_worker_t *e, h2o_req_t *req, const sg_routing_t *rt,
                     const cache_entry_t *ent);
 static void not_found(h2o_req_t *req, const char *id);
+static bool node_down(const cache_entry_t *ent, long long now);
+static void node_unreachable(h2o_req_t *req, const char *id);
+static void sandbox_502(h2o_req_t *req, const char *id, const char *message, const char *page);
 static bool wants_html(h2o_req_t *req);
 static void sub_connect(sg__edge_worker_t *e);
 static void on_sub_message(redisAsyncContext *ac, void *reply, void *data);
@@ -151,6 +156,8 @@ int sg__edge_handle(h2o_req_t *req)
         atomic_fetch_add_explicit(&e->hits, 1, memory_order_relaxed);
         if (!ent->found)
             not_found(req, rt.sandbox_id);
+        else if (node_down(ent, sg_now_ms()))
+            node_unreachable(req, rt.sandbox_id);
         else
             forward(e, req, &rt, ent);
         return 0;
@@ -212,7 +219,7 @@ static void on_lookup(sg_redis_t *r, redisReply *reply, void *data)
     memset(ent, 0, sizeof(*ent));
     snprintf(ent->id, sizeof(ent->id), "%s", p->route.sandbox_id);
     ent->expires_ms = now + NEG_TTL_MS;
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4) {
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 5) {
         redisReply **el = reply->element;
         long long end = el[2]->type == REDIS_REPLY_STRING ? atoll(el[2]->str) : 0;
         bool has_proxy = el[3]->type == REDIS_REPLY_STRING && el[3]->len > 0 &&
@@ -222,11 +229,14 @@ static void on_lookup(sg_redis_t *r, redisReply *reply, void *data)
             ent->found = true;
             ent->public_traffic = !(el[1]->type == REDIS_REPLY_STRING && strcmp(el[1]->str, "0") == 0);
             memcpy(ent->proxy, el[3]->str, el[3]->len);
+            ent->node_hb_ms = el[4]->type == REDIS_REPLY_STRING ? atoll(el[4]->str) : 0;
             ent->expires_ms = now + POS_TTL_MS < end ? now + POS_TTL_MS : end;
         }
     }
     if (!ent->found)
         not_found(req, p->route.sandbox_id);
+    else if (node_down(ent, now))
+        node_unreachable(req, p->route.sandbox_id);
     else
         forward(p->e, req, &p->route, ent);
 }
@@ -314,14 +324,38 @@ static void forward(sg__edge_worker_t *e, h2o_req_t *req, const sg_routing_t *rt
 
 static void not_found(h2o_req_t *req, const char *id)
 {
+    sandbox_502(req, id, "The sandbox was not found",
+                "it may have been killed or timed out");
+}
+
+/* The scheduler's rule (docs/node-api.md): a node whose last heartbeat is older than
+ * scheduler.node_down_after_ms is down and its sandboxes are lost. Its proxy address may answer
+ * nothing at all (a hung or partitioned host): proxying would hold the client until the I/O
+ * timeout, so the edge answers at once. A node that heartbeats again is served again (the cache
+ * entry lives at most POS_TTL_MS). */
+static bool node_down(const cache_entry_t *ent, long long now)
+{
+    return now - ent->node_hb_ms > sg_server.cfg.scheduler.node_down_after_ms;
+}
+
+static void node_unreachable(h2o_req_t *req, const char *id)
+{
+    sandbox_502(req, id, "The sandbox is not reachable: its node is down",
+                "its node stopped responding; the sandbox is lost unless the node returns");
+}
+
+/* A 502 about a sandbox: a page for browsers, {"sandboxId","message","code"} JSON (E2B's shape)
+ * for everything else. page completes "The sandbox <id> ...: <page>." in the HTML. */
+static void sandbox_502(h2o_req_t *req, const char *id, const char *message, const char *page)
+{
     if (wants_html(req)) {
         static const char fmt[] =
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sandbox not found</title>"
-            "</head><body><h1>Sandbox not found</h1><p>The sandbox <code>%s</code> was not found: "
-            "it may have been killed or timed out.</p></body></html>\n";
-        size_t cap = sizeof(fmt) + strlen(id);
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>%s</title>"
+            "</head><body><h1>%s</h1><p>The sandbox <code>%s</code>: %s.</p></body></html>\n";
+        size_t cap = sizeof(fmt) + 2 * strlen(message) + strlen(id) + strlen(page);
         char *body = h2o_mem_alloc_pool(&req->pool, cap);
-        int n = snprintf(body, cap, fmt, id); /* id is [a-z0-9]: nothing to escape */
+        /* id is [a-z0-9], message and page are constants: nothing to escape */
+        int n = snprintf(body, cap, fmt, message, message, id, page);
         req->res.status = 502;
         req->res.reason = "Bad Gateway";
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
@@ -329,8 +363,7 @@ static void not_found(h2o_req_t *req, const char *id)
         h2o_send_inline(req, body, (size_t)n);
         return;
     }
-    sg_http_json(req, 502, json_pack("{s:s,s:s,s:i}", "sandboxId", id, "message",
-                                     "The sandbox was not found", "code", 502));
+    sg_http_json(req, 502, json_pack("{s:s,s:s,s:i}", "sandboxId", id, "message", message, "code", 502));
 }
 
 /* Browsers navigating get a page; SDKs and fetch() get JSON (as E2B's edge decides). */

@@ -73,9 +73,12 @@ struct sg_worker {
     uv_loop_t loop;
     h2o_context_t ctx;
     h2o_accept_ctx_t accept_ctx[SG_CONFIG_MAX_LISTENERS];
+    h2o_accept_ctx_t reject_ctx[SG_CONFIG_MAX_LISTENERS]; /* over max_connections_per_ip: 429 */
     uv_tcp_t listeners[SG_CONFIG_MAX_LISTENERS];
     size_t nlisteners;
     uv_async_t wake;
+    uv_async_t tls_wake;            /* server.c: a certificate reload was published */
+    _Atomic unsigned tls_gen_seen;  /* last reload generation this worker switched to */
     uv_timer_t drain;
     long long drain_deadline_ms, quiet_since_ms;
     sg_pg_t *pg;
@@ -92,7 +95,8 @@ struct sg_worker {
 typedef struct {
     sg_gateway_config_t cfg;
     h2o_globalconf_t h2o;
-    SSL_CTX *ssl[SG_CONFIG_MAX_LISTENERS];
+    h2o_hostconf_t *hosts_main[2];   /* {the gateway's host, NULL}: every normal connection */
+    h2o_hostconf_t *hosts_reject[2]; /* {the connection-limit host, NULL}: answers only 429 */
     sg_worker_t *workers;
     int nworkers;
     long long started_ms;
@@ -143,6 +147,16 @@ void sg__edge_stats(sg_worker_t *w, uint64_t *hits, uint64_t *misses);
 /* ratelimit.c: the per-address request rate limit. Returns 0 (go on) or -1 after answering 429
  * with Retry-After. Any worker thread. */
 int sg__ratelimit_check(h2o_req_t *req);
+
+/* connlimit.c: open connections per client address, shared by every worker. acquire counts one
+ * more connection of sa's address and stores the new count in *count; it returns the slot to pass
+ * to release exactly once when the connection closes, or -1 (count 0) when the address is not
+ * tracked (not IP, or its table bucket is full: fails open). Any thread. */
+int sg__connlimit_acquire(const struct sockaddr *sa, int *count);
+void sg__connlimit_release(int slot);
+/* Counts one connection refused for being over the limit; the totals for /metrics. Any thread. */
+void sg__connlimit_note_over(void);
+void sg__connlimit_stats(uint64_t *over_limit, uint64_t *untracked);
 
 /* metrics.c */
 void sg__metrics_observe(sg_worker_t *w, int route, int status, uint64_t us);

@@ -163,6 +163,18 @@ void sg__metrics_render(h2o_req_t *req)
          "# TYPE sandgate_route_cache_misses_total counter\n"
          "sandgate_route_cache_misses_total %llu\n",
          (unsigned long long)rh, (unsigned long long)rm);
+    uint64_t refused, untracked;
+    sg__connlimit_stats(&refused, &untracked);
+    outf(&o,
+         "# HELP sandgate_connections_over_limit_total Connections past "
+         "http.max_connections_per_ip (answered 429 or closed).\n"
+         "# TYPE sandgate_connections_over_limit_total counter\n"
+         "sandgate_connections_over_limit_total %llu\n"
+         "# HELP sandgate_connections_untracked_total Connections not counted per address "
+         "(the address table's set was full).\n"
+         "# TYPE sandgate_connections_untracked_total counter\n"
+         "sandgate_connections_untracked_total %llu\n",
+         (unsigned long long)refused, (unsigned long long)untracked);
     outf(&o,
          "# HELP sandgate_uptime_seconds Seconds since this gateway started.\n"
          "# TYPE sandgate_uptime_seconds gauge\nsandgate_uptime_seconds %lld\n",

@@ -11,7 +11,10 @@ import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { Sandbox } from 'e2b';
 import { World, canRun, TOKEN, waitFor } from './lib/node-harness.mjs';
-import { startPostgres, startGateway, gatewayConfig, sandgate, createTeam, createKey, tmpdir } from './lib/services.mjs';
+import {
+  startPostgres, startGateway, gatewayConfig, sandgate, createTeam, createKey, tmpdir, freePort, launch, onCleanup, SANDGATE,
+} from './lib/services.mjs';
+import { makeCerts, withTlsListener } from './lib/tls.mjs';
 
 const DOMAIN = 'sandgate.test';
 const GW_NODE_TOKEN = 'test-node-token-0123456789'; // what gatewayConfig() writes
@@ -33,7 +36,7 @@ before(async () => {
   sandgate(cfg, 'migrate');
   createTeam(cfg, 'edge', '--max-concurrent', '10', '--max-timeout', '3600');
   key = createKey(cfg, 'edge');
-  gw = await startGateway({ pg, redis, extra: 'http:\n  proxy_max_body_bytes: 65536\n' });
+  gw = await startGateway({ pg, redis, extra: 'http:\n  proxy_max_body_bytes: 65536\nscheduler:\n  node_down_after_ms: 3000\n' });
   // a second gateway: learns of kills on the first one through Redis pub/sub only
   gw2 = await startGateway({ pg, redis, name: 'gw2' });
   sdk = { apiKey: key, apiUrl: gw.url, sandboxUrl: gw.url, domain: DOMAIN, requestTimeoutMs: 30000 };
@@ -312,6 +315,86 @@ test('edge: a WebSocket echo server in the sandbox, through the edge by host', o
     const msgs = ['hello-ws', 'second message', 'x'.repeat(100)];
     assert.deepEqual(await wsEcho(gw.port, `8003-${sbx.sandboxId}.${DOMAIN}`, msgs), msgs);
   } finally {
+    await sbx.kill().catch(() => {});
+  }
+});
+
+// A node that stops answering (its agent SIGSTOPped: the node proxy accepts TCP but never
+// replies, the worst case for a proxy) is down once its heartbeat is scheduler.node_down_after_ms
+// old (3 s on this gateway); its sandboxes' URLs then get the edge's JSON 502 at once instead of
+// a proxy attempt that would hang. The node heartbeating again brings the routes back.
+test('edge: a sandbox on a down node answers a JSON 502 at once; served again when the node returns', opts, async () => {
+  const sbx = await Sandbox.create('base', { ...sdk, timeoutMs: 300000 });
+  const node = w.nodes[0];
+  let stopped = false;
+  try {
+    await sbx.commands.run('mkdir -p /tmp/d && echo down-ok > /tmp/d/i.html && cd /tmp/d && python3 -m http.server 8000',
+      { background: true });
+    await waitFor(() => viaHost(8000, sbx.sandboxId, '/i.html').status === 200, 15000, 100);
+
+    node.proc.kill('SIGSTOP');
+    stopped = true;
+    // the API's view first (the same rule): the sandbox is lost
+    await waitFor(async () => {
+      const r = await fetch(`${gw.url}/sandboxes/${sbx.sandboxId}`, { headers: { 'x-api-key': key } });
+      return r.status === 200 && (await r.json()).state === 'lost';
+    }, 20000, 100);
+    // curl gives up after 3 s: a proxy attempt to the stopped node would hang until then
+    const want = { sandboxId: sbx.sandboxId, message: 'The sandbox is not reachable: its node is down', code: 502 };
+    for (const h of [viaHost(8000, sbx.sandboxId, '/i.html', ['-m', '3']), viaHeaders(8000, sbx.sandboxId, '/i.html', ['-m', '3']),
+      viaHost(49983, sbx.sandboxId, '/health', ['-m', '3'])]) {
+      assert.equal(h.status, 502, h.body);
+      assert.deepEqual(JSON.parse(h.body), want);
+    }
+    const page = viaHost(8000, sbx.sandboxId, '/i.html', ['-m', '3', '-H', 'accept: text/html']);
+    assert.equal(page.status, 502);
+    assert.match(page.type, /text\/html/);
+    assert.match(page.body, /node is down/);
+
+    node.proc.kill('SIGCONT');
+    stopped = false;
+    await waitFor(() => viaHost(8000, sbx.sandboxId, '/i.html', ['-m', '3']).status === 200, 20000, 200);
+    assert.equal(viaHost(8000, sbx.sandboxId, '/i.html').body, 'down-ok\n');
+  } finally {
+    if (stopped) node.proc.kill('SIGCONT');
+    await sbx.kill().catch(() => {});
+  }
+});
+
+// HTTP/2 at the edge: a TLS listener with http2 enabled (a test CA), curl negotiating h2 by ALPN
+// to https://8000-<id>.<domain>/, a python http.server in the sandbox behind it (HTTP/1.1 to the
+// node, HTTP/2 to the client).
+test('edge: HTTP/2 over TLS to a sandbox port', opts, async () => {
+  const dir = tmpdir('gwh2');
+  const certs = makeCerts(dir, DOMAIN);
+  const port = await freePort();
+  const tlsPort = await freePort();
+  const config = path.join(dir, 'gateway.yaml');
+  writeFileSync(config, withTlsListener(gatewayConfig({ port, pg, redis: { address: `127.0.0.1:${w.redisPort}` } }),
+    { port, tlsPort, cert: certs.leaf.cert, key: certs.leaf.key, http2: true }));
+  const proc = launch(SANDGATE, ['--config', config, 'serve'], { log: path.join(dir, 'gateway.log') });
+  onCleanup(() => proc.kill('SIGKILL'));
+  const sbx = await Sandbox.create('base', { ...sdk, timeoutMs: 300000 });
+  try {
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/health`)).status === 200, 15000, 100);
+    await sbx.commands.run('mkdir -p /tmp/h2 && echo h2-ok > /tmp/h2/i.html && cd /tmp/h2 && python3 -m http.server 8000',
+      { background: true });
+    const host = `8000-${sbx.sandboxId}.${DOMAIN}`;
+    const get = (extra = []) => curl(`https://${host}:${tlsPort}/i.html`,
+      ['--cacert', certs.ca, '--resolve', `${host}:${tlsPort}:127.0.0.1`, ...extra]);
+    await waitFor(() => get(['--http2']).status === 200, 15000, 100);
+    let h = get(['--http2']);
+    assert.equal(h.status, 200);
+    assert.equal(h.body, 'h2-ok\n');
+    const version = execFileSync('curl', ['-sS', '-m', '10', '-o', '/dev/null', '-w', '%{http_version}', '--http2',
+      '--cacert', certs.ca, '--resolve', `${host}:${tlsPort}:127.0.0.1`, `https://${host}:${tlsPort}/i.html`], { encoding: 'utf8' });
+    assert.equal(version, '2');
+    // the same URL over HTTP/1.1 on the same listener (ALPN offers both)
+    const v1 = execFileSync('curl', ['-sS', '-m', '10', '-o', '/dev/null', '-w', '%{http_version}', '--http1.1',
+      '--cacert', certs.ca, '--resolve', `${host}:${tlsPort}:127.0.0.1`, `https://${host}:${tlsPort}/i.html`], { encoding: 'utf8' });
+    assert.equal(v1, '1.1');
+  } finally {
+    proc.kill('SIGKILL');
     await sbx.kill().catch(() => {});
   }
 });
