@@ -29,7 +29,7 @@ const opts = { skip: why || false, timeout: 300000 };
 let w, pg, gw, sbx;
 
 // The sandbox's server: /big?n=<MiB> (Content-Length), /sse (chunked; the second event waits
-// for /go), /go.
+// for /go), /go, /hop (hop-by-hop response headers).
 const SERVER = `import http.server, threading
 CHUNK = bytes(range(256)) * 4096
 go = threading.Event()
@@ -50,6 +50,10 @@ class H(http.server.BaseHTTPRequestHandler):
             chunk(b'data: one\\n\\n')
             chunk(b'data: two\\n\\n' if go.wait(20) else b'data: timeout\\n\\n')
             self.wfile.write(b'0\\r\\n\\r\\n'); self.wfile.flush()
+        elif self.path == '/hop':
+            self.send_response(200); self.send_header('connection', 'keep-alive'); self.send_header('keep-alive', 'timeout=5')
+            self.send_header('upgrade', 'example/1')
+            self.send_header('x-kept', '1'); self.send_header('content-length', '3'); self.end_headers(); self.wfile.write(b'hop')
         elif self.path == '/go':
             go.set()
             self.send_response(200); self.send_header('content-length', '2'); self.end_headers(); self.wfile.write(b'ok')
@@ -319,5 +323,53 @@ test('edge stream: an event stream over HTTP/2 delivers the first event before t
     assert.equal(text, 'data: one\n\ndata: two\n\n');
   } finally {
     session.close();
+  }
+});
+
+test('edge stream: hop-by-hop response headers are dropped (HTTP/1.1 and HTTP/2)', opts, async () => {
+  const s = net.connect(gw.port, '127.0.0.1');
+  const parts = [];
+  s.on('data', (d) => parts.push(d));
+  await new Promise((res, rej) => { s.on('end', res); s.on('error', rej);
+    s.write(`GET /hop HTTP/1.1\r\nHost: ${host()}\r\nConnection: close\r\n\r\n`); });
+  const text = Buffer.concat(parts).toString('latin1');
+  assert.match(text, /^HTTP\/1\.1 200 /);
+  assert.match(text, /^x-kept: 1\r$/mi);
+  assert.doesNotMatch(text, /^keep-alive:/mi);
+  assert.doesNotMatch(text, /^upgrade:/mi); // (the node drops keep-alive itself; the gateway drops upgrade)
+  assert.match(text, /\r\n\r\nhop$/);
+  // HTTP/2 forbids connection-specific headers: node's client fails the stream if one comes
+  const session = h2Session();
+  try {
+    const st = session.request({ ':path': '/hop', ':authority': host() });
+    const h = await new Promise((res, rej) => { st.on('response', res); st.on('error', rej); });
+    let body = '';
+    st.on('data', (d) => { body += d; });
+    await new Promise((res, rej) => { st.on('end', res); st.on('error', rej); });
+    assert.equal(h[':status'], 200);
+    assert.equal(h['x-kept'], '1');
+    assert.equal(h['keep-alive'], undefined);
+    assert.equal(h.upgrade, undefined);
+    assert.equal(body, 'hop');
+  } finally {
+    session.close();
+  }
+});
+
+test('edge stream: a node proxy that cannot be reached gives 502 JSON', opts, async () => {
+  // a catalog entry whose node's proxy address has no listener (a port just freed)
+  const dead = await freePort();
+  const cli = (...a) => execFileSync('redis-cli', ['-p', String(w.redisPort), ...a], { encoding: 'utf8' });
+  cli('HSET', '{sg}:node:deadnode', 'proxy', `127.0.0.1:${dead}`, 'status', 'ready', 'heartbeat_ms', String(Date.now()));
+  cli('HSET', '{sg}:sbx:deadsbx0', 'node', 'deadnode', 'public', '1', 'end', String(Date.now() + 600000));
+  try {
+    const r = await fetch(`${gw.url}/`, { headers: { 'e2b-sandbox-id': 'deadsbx0', 'e2b-sandbox-port': '8000' } });
+    assert.equal(r.status, 502);
+    assert.match(r.headers.get('content-type'), /application\/json/);
+    const j = await r.json();
+    assert.equal(j.code, 502);
+    assert.equal(typeof j.message, 'string');
+  } finally {
+    cli('DEL', '{sg}:sbx:deadsbx0', '{sg}:node:deadnode');
   }
 });
