@@ -17,7 +17,7 @@ import http2 from 'node:http2';
 import { execFileSync } from 'node:child_process';
 import { Sandbox } from 'e2b';
 import { World, canRun, TOKEN, waitFor } from './lib/node-harness.mjs';
-import { startPostgres, gatewayConfig, sandgate, createTeam, createKey, tmpdir, freePort, launch, onCleanup, SANDGATE } from './lib/services.mjs';
+import { startPostgres, startGateway, gatewayConfig, sandgate, createTeam, createKey, tmpdir, freePort } from './lib/services.mjs';
 
 const DOMAIN = 'sandgate.test';
 const GW_NODE_TOKEN = 'test-node-token-0123456789';
@@ -62,40 +62,6 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(('0.0.0.0', 8004), H).serve_forever()
 `;
 
-function makeCert(dir) {
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'k.pem', '-out', 'c.pem',
-    '-days', '2', '-subj', `/CN=*.${DOMAIN}`, '-addext', `subjectAltName=DNS:*.${DOMAIN}`],
-  { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-  return { cert: path.join(dir, 'c.pem'), key: path.join(dir, 'k.pem') };
-}
-
-// A gateway with a plain listener and a TLS one offering HTTP/2.
-async function startGateway(redis) {
-  const dir = tmpdir('gws');
-  const port = await freePort();
-  const tlsPort = await freePort();
-  const c = makeCert(dir);
-  const yaml = gatewayConfig({ port, pg, redis }).replace(/^listeners:\n {2}- address: .*\n {4}port: \d+\n/m,
-    `listeners:
-  - address: 127.0.0.1
-    port: ${port}
-  - address: 127.0.0.1
-    port: ${tlsPort}
-    http2: true
-    certs:
-      - cert_file: ${c.cert}
-        key_file: ${c.key}
-`);
-  assert.ok(yaml.includes(`port: ${tlsPort}`));
-  const config = path.join(dir, 'gateway.yaml');
-  fs.writeFileSync(config, yaml);
-  const g = { port, tlsPort, url: `http://127.0.0.1:${port}`, log: path.join(dir, 'gateway.log') };
-  g.proc = launch(SANDGATE, ['--config', config, 'serve'], { log: g.log });
-  onCleanup(() => g.proc.kill('SIGKILL'));
-  await waitFor(async () => (await fetch(`${g.url}/health`)).status === 200, 20000, 100);
-  return g;
-}
-
 before(async () => {
   if (why) return;
   w = new World();
@@ -110,7 +76,7 @@ before(async () => {
   sandgate(cfg, 'migrate');
   createTeam(cfg, 'stream', '--max-concurrent', '4', '--max-timeout', '3600');
   const key = createKey(cfg, 'stream');
-  gw = await startGateway(redis);
+  gw = await startGateway({ pg, redis, tls: true });
   sbx = await Sandbox.create('base', { apiKey: key, apiUrl: gw.url, sandboxUrl: gw.url, domain: DOMAIN,
     requestTimeoutMs: 30000, timeoutMs: 600000 });
   await sbx.files.write('/tmp/srv.py', SERVER);
@@ -120,7 +86,7 @@ before(async () => {
 
 after(async () => {
   if (sbx) await sbx.kill().catch(() => {});
-  if (gw) gw.proc.kill('SIGKILL');
+  if (gw) await gw.stop('SIGKILL');
   if (pg) await pg.stop();
   if (w) await w.close();
 });
