@@ -6,8 +6,8 @@
  * access token when the sandbox disallows public traffic, and proxied to the node proxy with the
  * X-Sandgate-* headers of docs/node-api.md: by edge_proxy.c (streaming, bounded memory) except
  * Upgrade requests, which go through h2o's reverse proxy (h2o_reprocess_request with a hostport
- * override and this worker's own client context, whose websocket timeout lets upgrades tunnel).
- * The node answers one request per connection, so no upstream pool is kept.
+ * override and this worker's own client context, whose websocket timeout lets upgrades tunnel;
+ * those use one connection each, the streaming proxy keeps node connections alive).
  *
  * The cache: CACHE_SLOTS direct-mapped entries per worker (bounded memory; a collision evicts),
  * positive entries live POS_TTL_MS (never past the sandbox's end), negative ones NEG_TTL_MS. A

@@ -16,21 +16,40 @@
  *
  * The request head is built as h2o's proxy builds it (the edge.c caller has already replaced the
  * X-Sandgate-* and X-Forwarded-Host headers): hop-by-hop headers dropped, cookies merged,
- * X-Forwarded-Proto / X-Forwarded-For / Via added, `Connection: close` (the node proxy answers one
- * request per connection). Request bodies are h2o's buffered entity (bounded by the caller's 413).
+ * X-Forwarded-Proto / X-Forwarded-For / Via added, `Connection: keep-alive` (or `close` when the
+ * connection is not pooled). Request bodies are h2o's buffered entity (bounded by the caller's 413).
  * Response headers lose the hop-by-hop ones, Date and Server (h2o sets its own).
+ *
+ * Upstream connections are kept alive (the node proxy serves several requests per connection
+ * when both messages are framed, docs/node-api.md): one h2o socket pool per node proxy address
+ * and worker thread (thread-local, at most POOL_MAX addresses, never freed while the worker
+ * runs: a client may still return a socket to it; past POOL_MAX, connections are not pooled),
+ * idle sockets closed after POOL_IDLE_MS, below the node's own idle bound so that the gateway
+ * closes first. h2o checks a pooled socket with a MSG_PEEK before reuse.
  *
  * Timeouts: the connect runs on a client context whose io timeout is http.connect_timeout_ms;
  * once connected the client switches to the idle-timeout context for the rest of the exchange.
  * Loop thread only; everything lives in the request's pool, and its dispose callback cancels the
  * upstream when the client goes away.
  */
+#include <stdlib.h>
 #include <string.h>
 #include <netdb.h>
 #include <sys/socket.h>
 #include "gateway/internal.h"
 
 #define HIGH_WATER (128 * 1024)
+#define POOL_MAX 64
+#define POOL_IDLE_MS 2000
+
+typedef struct {
+    char key[160]; /* "host:port" */
+    h2o_socketpool_t pool;
+} upstream_pool_t;
+
+/* this worker thread's pools (each worker has its own loop) */
+static _Thread_local upstream_pool_t *pools;
+static _Thread_local size_t npools;
 
 typedef struct {
     h2o_generator_t super;
@@ -55,7 +74,28 @@ static bool do_send(eproxy_t *p);
 static void on_proceed(h2o_generator_t *g, h2o_req_t *req);
 static void on_stop(h2o_generator_t *g, h2o_req_t *req);
 static void on_dispose(void *ptr);
-static h2o_iovec_t build_head(h2o_req_t *req);
+static h2o_iovec_t build_head(h2o_req_t *req, bool keepalive);
+
+/* The pool for host:port, created on first use; NULL when the table is full or host too long. */
+static h2o_socketpool_t *pool_of(h2o_loop_t *loop, h2o_iovec_t host, uint16_t port)
+{
+    char key[160];
+    int kl = snprintf(key, sizeof(key), "%.*s:%u", (int)host.len, host.base, (unsigned)port);
+    if (kl < 0 || (size_t)kl >= sizeof(key))
+        return NULL;
+    for (size_t i = 0; i < npools; i++)
+        if (strcmp(pools[i].key, key) == 0)
+            return &pools[i].pool;
+    if (pools == NULL && (pools = calloc(POOL_MAX, sizeof(*pools))) == NULL)
+        return NULL;
+    if (npools == POOL_MAX)
+        return NULL;
+    upstream_pool_t *u = &pools[npools++];
+    memcpy(u->key, key, (size_t)kl + 1);
+    h2o_socketpool_init_by_hostport(&u->pool, host, port, 0, SIZE_MAX);
+    h2o_socketpool_set_timeout(&u->pool, loop, POOL_IDLE_MS);
+    return &u->pool;
+}
 
 void sg__edge_proxy(h2o_req_t *req, h2o_http1client_ctx_t *connect_ctx,
                     h2o_http1client_ctx_t *io_ctx, h2o_iovec_t host, uint16_t port)
@@ -66,12 +106,16 @@ void sg__edge_proxy(h2o_req_t *req, h2o_http1client_ctx_t *connect_ctx,
     p->super.stop = on_stop;
     p->req = req;
     p->io_ctx = io_ctx;
-    p->up[0] = build_head(req);
+    h2o_socketpool_t *pool = pool_of(connect_ctx->loop, host, port);
+    p->up[0] = build_head(req, pool != NULL);
     p->up[1] = req->entity;
     p->is_head = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"));
     h2o_buffer_init(&p->recv, &h2o_socket_buffer_prototype);
     h2o_buffer_init(&p->sending, &h2o_socket_buffer_prototype);
-    h2o_http1client_connect(&p->client, p, connect_ctx, host, port, 0, on_connect);
+    if (pool != NULL)
+        h2o_http1client_connect_with_pool(&p->client, p, connect_ctx, pool, on_connect);
+    else
+        h2o_http1client_connect(&p->client, p, connect_ctx, host, port, 0, on_connect);
 }
 
 /* ---- the request head ---- */
@@ -97,7 +141,7 @@ static bool is_put_or_post(const h2o_iovec_t *m)
            h2o_memis(m->base, m->len, H2O_STRLIT("PUT"));
 }
 
-static h2o_iovec_t build_head(h2o_req_t *req)
+static h2o_iovec_t build_head(h2o_req_t *req, bool keepalive)
 {
     h2o_mem_pool_t *pool = &req->pool;
     char addr[NI_MAXHOST];
@@ -123,7 +167,10 @@ static h2o_iovec_t build_head(h2o_req_t *req)
     PUT(req->method.base, req->method.len);
     PUTLIT(" ");
     PUT(req->path.base, req->path.len);
-    PUTLIT(" HTTP/1.1\r\nconnection: close\r\nhost: ");
+    if (keepalive)
+        PUTLIT(" HTTP/1.1\r\nconnection: keep-alive\r\nhost: ");
+    else
+        PUTLIT(" HTTP/1.1\r\nconnection: close\r\nhost: ");
     PUT(req->authority.base, req->authority.len);
     PUTLIT("\r\n");
     if (req->entity.base != NULL || is_put_or_post(&req->method))

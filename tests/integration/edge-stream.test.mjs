@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import net from 'node:net';
+import http from 'node:http';
 import http2 from 'node:http2';
 import { execFileSync } from 'node:child_process';
 import { Sandbox } from 'e2b';
@@ -26,7 +27,7 @@ const BIG_MIB = 200;
 const RSS_BOUND = 64 * MIB;
 const why = canRun();
 const opts = { skip: why || false, timeout: 300000 };
-let w, pg, gw, sbx;
+let w, pg, gw, sbx, node;
 
 // The sandbox's server: /big?n=<MiB> (Content-Length), /sse (chunked; the second event waits
 // for /go), /go, /hop (hop-by-hop response headers).
@@ -65,7 +66,7 @@ http.server.ThreadingHTTPServer(('0.0.0.0', 8004), H).serve_forever()
 before(async () => {
   if (why) return;
   w = new World();
-  const node = await w.makeNode('s1');
+  node = await w.makeNode('s1');
   fs.writeFileSync(node.config, fs.readFileSync(node.config, 'utf8').replace(TOKEN, GW_NODE_TOKEN));
   await w.startRedis();
   await w.startNode(node);
@@ -338,4 +339,33 @@ test('edge stream: a node proxy that cannot be reached gives 502 JSON', opts, as
   } finally {
     cli('DEL', '{sg}:sbx:deadsbx0', '{sg}:node:deadnode');
   }
+});
+
+// TCP sockets of this (root) namespace to the node proxy, in any state (a connection the gateway
+// closed stays in TIME-WAIT here for a minute).
+function socketsToNode() {
+  const out = execFileSync('ss', ['-Htan', 'dst', `${node.nodeIp}:7071`], { encoding: 'utf8' });
+  return out.split('\n').filter(Boolean).length;
+}
+
+test('edge stream: sequential requests reuse the gateway\'s connection to the node proxy', opts, async () => {
+  // one client connection (so one gateway worker); 20 requests, each read to its end
+  const before = socketsToNode();
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    for (let i = 0; i < 20; i++) {
+      const body = await new Promise((resolve, reject) => {
+        http.get({ host: '127.0.0.1', port: gw.port, path: '/hop', headers: { host: host() }, agent }, (res) => {
+          let b = '';
+          res.on('data', (d) => { b += d; });
+          res.on('end', () => resolve(b));
+        }).on('error', reject);
+      });
+      assert.equal(body, 'hop');
+    }
+  } finally {
+    agent.destroy();
+  }
+  const opened = socketsToNode() - before;
+  assert.ok(opened <= 2, `${opened} new connections to the node proxy for 20 requests`);
 });
