@@ -117,6 +117,8 @@ http {
 }
 `);
   nginx = spawn('/usr/sbin/nginx', ['-p', nd, '-c', path.join(nd, 'nginx.conf')], { stdio: 'ignore' });
+  // SIGTERM to the master ends its workers too (SIGKILL would leave them running)
+  process.on('exit', () => { try { nginx.kill('SIGTERM'); } catch {} });
   await waitFor(() => status(`http://127.0.0.1:${nPlain}/small`) === '200', 10000, 100);
   for (const u of [`https://127.0.0.1:${gw.tlsPort}/big`, `https://127.0.0.1:${nTls}/big`]) {
     if (status(u) !== '200') throw new Error(`${u} does not answer 200`);
@@ -161,7 +163,11 @@ http {
   await gw.stop('SIGKILL');
   await pg.stop();
 } finally {
-  if (nginx) nginx.kill('SIGKILL');
+  if (nginx && nginx.exitCode === null) {
+    const gone = new Promise((r) => nginx.on('exit', r));
+    nginx.kill('SIGTERM');
+    await gone;
+  }
   shutdownAll();
   await w.close();
 }
