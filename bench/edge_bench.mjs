@@ -145,6 +145,12 @@ http {
       for (const who of order) {
         const res = wrk(c[who], host);
         c.runs[who].push(res);
+        if (res.non2xx && !c.sampled) { // what the failures are (wrk only counts them)
+          c.sampled = true;
+          const out = execFileSync('curl', ['-sk', '-m', '5', '-H', `Host: ${host}`, '-w', ' [%{http_code}]', c[who]],
+            { encoding: 'utf8' }).slice(-200);
+          console.log(`    a request right after: ${out}`);
+        }
         console.log(`  round ${round + 1} ${c.name} ${who.padEnd(7)} ${res.rps.toFixed(0).padStart(7)} req/s p99 ${res.p99.toFixed(2)} ms` +
           `${res.non2xx ? ` non-2xx ${res.non2xx}` : ''}${res.errs ? ` ${res.errs}` : ''} (load ${loadavg()})`);
       }
@@ -152,11 +158,13 @@ http {
   }
   console.log(`load after: ${loadavg()}`);
   const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-  console.log('\ncase          | gateway req/s  p99 ms | nginx req/s  p99 ms | rps ratio | p99 ratio');
+  console.log('\n(medians of the rounds; a case with non-2xx answers in any round is marked *: not a valid figure)');
+  console.log('case          | gateway req/s  p99 ms | nginx req/s  p99 ms | rps ratio | p99 ratio');
   for (const c of cases) {
     const g = { rps: median(c.runs.gateway.map((x) => x.rps)), p99: median(c.runs.gateway.map((x) => x.p99)) };
     const n = { rps: median(c.runs.nginx.map((x) => x.rps)), p99: median(c.runs.nginx.map((x) => x.p99)) };
-    console.log(`${c.name}    | ${g.rps.toFixed(0).padStart(13)} ${g.p99.toFixed(2).padStart(7)} | ${n.rps.toFixed(0).padStart(11)} ` +
+    const bad = [...c.runs.gateway, ...c.runs.nginx].some((x) => x.non2xx || x.errs) ? '*' : ' ';
+    console.log(`${c.name}${bad}   | ${g.rps.toFixed(0).padStart(13)} ${g.p99.toFixed(2).padStart(7)} | ${n.rps.toFixed(0).padStart(11)} ` +
       `${n.p99.toFixed(2).padStart(7)} | ${(g.rps / n.rps).toFixed(2).padStart(9)} | ${(g.p99 / n.p99).toFixed(2).padStart(9)}`);
   }
   await sbx.kill().catch(() => {});

@@ -14,8 +14,8 @@
  * Keep-alive towards the client (the gateway): a request that is HTTP/1.1, no upgrade, no
  * "Connection: close" and framed by Content-Length (or bodiless) is relayed exactly (req_left
  * bytes of body, no more); when its response is framed too (Content-Length, HEAD, 204, 304) the
- * relay counts resp_left bytes, drops the upstream connection at the end and reads the client's
- * next request (idle bound KEEPALIVE_MS; bytes that arrived early wait in `head`). Anything else
+ * relay counts resp_left bytes, lets the sandbox close the upstream connection (at most DRAIN_MS)
+ * and reads the client's next request (idle bound KEEPALIVE_MS; bytes that arrived early wait in `head`). Anything else
  * (chunked, close-delimited, a response before the whole request body was taken, an early EOF)
  * falls back to the one-request connection: "Connection: close", relay until both sides end.
  */
@@ -29,6 +29,7 @@
 #define HEADER_TIMEOUT_MS 10000
 #define CONNECT_TIMEOUT_MS 5000
 #define KEEPALIVE_MS 60000 /* above the gateways' pool timeout: the gateway closes first */
+#define DRAIN_MS 1000      /* how long a sandbox may take to close after its framed response */
 
 typedef struct sg__proxy {
     uv_tcp_t listener;
@@ -66,6 +67,7 @@ struct pconn {
     bool head_reading; /* client read with on_head_read */
     /* keep-alive (see the note at the top) */
     bool ka, is_head, recycling;
+    bool draining; /* ka: response relayed, waiting for the sandbox to close its side first */
     long long req_left;  /* ka: request body bytes not yet read from the client */
     long long resp_left; /* ka and the response is framed: body bytes not yet relayed */
     size_t head_fwd;     /* ka: bytes of `head` sent upstream with the request head */
@@ -170,6 +172,8 @@ static void on_shutdown(uv_shutdown_t *sh, int status) { maybe_done(sh->data); }
  * client's next request (on_upstream_recycled). */
 static void next_request(pconn_t *c)
 {
+    c->draining = false;
+    uv_timer_stop(&c->timer);
     if (c->req_left > 0 || c->c2u.writing) {
         /* the sandbox answered before taking the whole request body: the client connection is
          * mid-request, so it cannot carry another one */
@@ -180,6 +184,17 @@ static void next_request(pconn_t *c)
     c->upstream_init = false;
     dir_pause(&c->u2c);
     uv_close((uv_handle_t *)&c->upstream, on_upstream_recycled);
+}
+
+/* The framed response is relayed. The sandbox was asked to close ("Connection: close"): let it
+ * close first so that TIME-WAIT lands on its side, not on the node's ephemeral ports (at a few
+ * hundred requests a second the node would run out of them); DRAIN_MS bounds a server that does
+ * not close, and anything it still sends is dropped. */
+static void await_upstream_close(pconn_t *c)
+{
+    c->draining = true;
+    uv_timer_start(&c->timer, on_timeout, DRAIN_MS, 0);
+    dir_read(&c->u2c);
 }
 
 /* Switches a keep-alive request to the one-request relay (the response is not framed): the
@@ -203,7 +218,7 @@ static void on_dir_written(uv_write_t *w, int status)
         return;
     }
     if (c->ka && d == &c->u2c && c->resp_done && c->resp_left == 0) {
-        next_request(c);
+        await_upstream_close(c);
         return;
     }
     if (c->ka && d == &c->c2u && c->req_left == 0)
@@ -319,6 +334,11 @@ static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     dir_t *d = dir_of(c, s);
     if (nread == 0)
         return;
+    if (c->draining && d == &c->u2c) {
+        if (nread < 0)
+            next_request(c); /* the sandbox closed (or failed): either way the exchange is over */
+        return;              /* bytes past the framed response: not the client's */
+    }
     if (nread > 0 && d == &c->u2c && !c->resp_done) {
         response_head(c, d, b->base, (size_t)nread);
         return;
@@ -355,9 +375,9 @@ static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         if ((long long)n > c->resp_left)
             n = (size_t)c->resp_left; /* past the framed body: not the client's */
         c->resp_left -= (long long)n;
-        if (n == 0) {
+        if (n == 0) { /* (reading stops at the framed end; should it not, the same ending) */
             dir_pause(d);
-            next_request(c);
+            await_upstream_close(c);
             return;
         }
     }
@@ -422,6 +442,10 @@ static void on_upstream_connect(uv_connect_t *req, int status)
 static void on_timeout(uv_timer_t *t)
 {
     pconn_t *c = t->data;
+    if (c->draining) {
+        next_request(c); /* the sandbox keeps its side open: close ours */
+        return;
+    }
     if (c->upstream_init && !c->relaying) {
         char msg[96];
         snprintf(msg, sizeof(msg), "The sandbox is running but port %d is not open", c->port);
