@@ -80,7 +80,8 @@ http {
 `);
   const r = await sbx.commands.run('chmod +x /tmp/up/nginx && mkdir -p /tmp/up/www && head -c 1048576 /dev/urandom > /tmp/up/www/big');
   if (r.exitCode !== 0) throw new Error('upstream setup failed');
-  await sbx.commands.run('/tmp/up/nginx -p /tmp/up -c /tmp/up/nginx.conf', { background: true });
+  // timeoutMs 0: the SDK's default (60 s) would end the server mid-benchmark
+  await sbx.commands.run('/tmp/up/nginx -p /tmp/up -c /tmp/up/nginx.conf', { background: true, timeoutMs: 0 });
   const host = `${PORT}-${sbx.sandboxId}.${DOMAIN}`;
   const status = (url) => execFileSync('curl', ['-sk', '-o', '/dev/null', '-w', '%{http_code}', '-H', `Host: ${host}`, url],
     { encoding: 'utf8' });

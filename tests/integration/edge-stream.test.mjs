@@ -81,7 +81,7 @@ before(async () => {
   sbx = await Sandbox.create('base', { apiKey: key, apiUrl: gw.url, sandboxUrl: gw.url, domain: DOMAIN,
     requestTimeoutMs: 30000, timeoutMs: 600000 });
   await sbx.files.write('/tmp/srv.py', SERVER);
-  await sbx.commands.run('python3 /tmp/srv.py', { background: true });
+  await sbx.commands.run('python3 /tmp/srv.py', { background: true, timeoutMs: 0 }); // (the SDK's default ends it after 60 s)
   await waitFor(async () => (await h1Get('/big?n=1')).length === MIB, 15000, 200);
 });
 
