@@ -9,7 +9,7 @@ PKGS=(
   libyaml-dev libjansson-dev libcmocka-dev zlib1g-dev libnftables-dev
   postgresql redis-server
   runc iproute2 nftables debootstrap util-linux procps psmisc
-  nodejs npm wrk nginx-light
+  nodejs npm wrk nginx-light openssl
 )
 
 missing=()

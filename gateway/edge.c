@@ -5,9 +5,10 @@
  * {sg}:node:<node>.proxy and .heartbeat_ms, one Lua round trip; a sandbox whose node is down gets
  * a JSON 502 at once, not a proxy attempt) through a per-worker cache, checked for the traffic
  * access token when the sandbox disallows public traffic, and proxied to the node proxy with the
- * X-Sandgate-* headers of docs/node-api.md by h2o's reverse proxy (h2o_reprocess_request with a
- * hostport override and this worker's own client context, whose websocket timeout lets upgrades
- * tunnel; the node answers one request per connection, so no upstream pool is kept).
+ * X-Sandgate-* headers of docs/node-api.md: by edge_proxy.c (streaming, bounded memory) except
+ * Upgrade requests, which go through h2o's reverse proxy (h2o_reprocess_request with a hostport
+ * override and this worker's own client context, whose websocket timeout lets upgrades tunnel;
+ * those use one connection each, the streaming proxy keeps node connections alive).
  *
  * The cache: CACHE_SLOTS direct-mapped entries per worker (bounded memory; a collision evicts),
  * positive entries live POS_TTL_MS (never past the sandbox's end), negative ones NEG_TTL_MS. A
@@ -44,7 +45,8 @@ typedef struct {
 struct sg__edge_worker {
     sg_worker_t *w;
     h2o_http1client_ctx_t client_ctx;
-    h2o_timeout_t io_timeout, ws_timeout;
+    h2o_http1client_ctx_t connect_ctx; /* edge_proxy.c connects with this one (connect timeout) */
+    h2o_timeout_t io_timeout, ws_timeout, connect_timeout;
     cache_entry_t cache[CACHE_SLOTS];
     redisAsyncContext *sub;
     uv_timer_t resub;
@@ -98,6 +100,10 @@ int sg__edge_worker_init(sg_worker_t *w)
     e->client_ctx.io_timeout = &e->io_timeout;
     e->client_ctx.websocket_timeout = &e->ws_timeout;
     e->client_ctx.ssl_ctx = NULL;
+    uint64_t conn_ms = c->http.connect_timeout_ms > 0 ? (uint64_t)c->http.connect_timeout_ms : 5000;
+    h2o_timeout_init(&w->loop, &e->connect_timeout, conn_ms);
+    e->connect_ctx = e->client_ctx;
+    e->connect_ctx.io_timeout = &e->connect_timeout;
     uv_timer_init(&w->loop, &e->resub);
     e->resub.data = e;
     w->edge = e;
@@ -314,6 +320,13 @@ static void forward(sg__edge_worker_t *e, h2o_req_t *req, const sg_routing_t *rt
         h2o_add_header_by_str(&req->pool, &req->headers, H2O_STRLIT("x-forwarded-host"), 0, NULL,
                               req->authority.base, req->authority.len);
 
+    if (req->upgrade.base == NULL) {
+        /* everything but Upgrade: the streaming proxy with backpressure (edge_proxy.c) */
+        sg__edge_proxy(req, &e->connect_ctx, &e->client_ctx,
+                       h2o_strdup(&req->pool, hb, (size_t)(he - hb)), (uint16_t)port);
+        return;
+    }
+    /* WebSocket upgrades: h2o's proxy, whose tunnel relays with backpressure */
     h2o_req_overrides_t *ov = h2o_mem_alloc_pool(&req->pool, sizeof(*ov));
     memset(ov, 0, sizeof(*ov));
     ov->client_ctx = &e->client_ctx;

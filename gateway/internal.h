@@ -144,6 +144,12 @@ void sg__edge_forget(sg_worker_t *w, const char *sandbox_id, bool publish);
 /* Route cache counters of one worker; callable from any thread (relaxed atomics). */
 void sg__edge_stats(sg_worker_t *w, uint64_t *hits, uint64_t *misses);
 
+/* edge_proxy.c: proxies req (headers already prepared by edge.c) to the node proxy at host:port
+ * with a streaming, backpressured generator; answers 502 JSON itself when the node cannot be
+ * reached. connect_ctx bounds the connect, io_ctx the rest. Not for Upgrade requests. */
+void sg__edge_proxy(h2o_req_t *req, h2o_http1client_ctx_t *connect_ctx,
+                    h2o_http1client_ctx_t *io_ctx, h2o_iovec_t host, uint16_t port);
+
 /* ratelimit.c: the per-address request rate limit. Returns 0 (go on) or -1 after answering 429
  * with Retry-After. Any worker thread. */
 int sg__ratelimit_check(h2o_req_t *req);

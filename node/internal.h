@@ -84,6 +84,12 @@ typedef struct {
     size_t head_len;     /* bytes of the request head in the input */
     char *out;           /* rewritten head (heap), out_len bytes */
     size_t out_len;
+    /* Keep-alive: the client's connection may carry another request after this one when it is
+     * HTTP/1.1, not an upgrade, not "Connection: close", and its body is framed by one valid
+     * Content-Length (or has none: body_len 0). Transfer-Encoding: no keep-alive. */
+    bool keepalive;
+    long long body_len;  /* request body bytes after the head (valid when keepalive) */
+    bool is_head;        /* HEAD: the response has no body whatever its headers say */
 } sg__proxy_head_t;
 
 /* Parses buf[0..len). Returns 1 complete (see out->status), 0 incomplete (need more), or -1 on
@@ -96,6 +102,13 @@ int sg__proxy_parse_head(const char *buf, size_t len, const char *token, sg__pro
  * bytes of the head in buf), 0 incomplete, -1 malformed. */
 int sg__proxy_rewrite_response(const char *buf, size_t len, char **out, size_t *out_len,
                                size_t *head_len, int *status);
+/* The same for a client connection that may stay open (keepalive): a final response whose end the
+ * client can see without a close (HEAD, 204, 304, one valid Content-Length) gets no "Connection:
+ * close" and *body_len = its body bytes (0 for bodiless ones); any other gets "Connection: close"
+ * and *body_len = -1. keepalive false behaves as sg__proxy_rewrite_response (*body_len = -1). */
+int sg__proxy_rewrite_response_ka(const char *buf, size_t len, bool keepalive, bool is_head,
+                                  char **out, size_t *out_len, size_t *head_len, int *status,
+                                  long long *body_len);
 
 /* ---- runtime (runtime_runc.c) ---------------------------------------------------------------- */
 typedef void (*sg__rt_cb)(void *data, int status, const char *errmsg);

@@ -295,6 +295,21 @@ static bool contains_token_ci(const char *v, size_t len, const char *tok)
     return false;
 }
 
+/* A Content-Length value: 1..18 digits (optional surrounding blanks were trimmed by the parser),
+ * else -1. */
+static long long parse_length(const char *v, size_t len)
+{
+    if (len < 1 || len > 18)
+        return -1;
+    long long n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        n = n * 10 + (v[i] - '0');
+    }
+    return n;
+}
+
 int sg__proxy_parse_head(const char *buf, size_t len, const char *token, sg__proxy_head_t *out)
 {
     memset(out, 0, sizeof(*out));
@@ -312,7 +327,9 @@ int sg__proxy_parse_head(const char *buf, size_t len, const char *token, sg__pro
     }
     out->head_len = (size_t)r;
     const struct phr_header *tok = NULL, *sid = NULL, *sport = NULL;
-    bool conn_upgrade = false, has_upgrade = false;
+    bool conn_upgrade = false, has_upgrade = false, conn_close = minor < 1, has_te = false;
+    int ncl = 0;
+    long long cl = 0;
     for (size_t i = 0; i < nh; i++) {
         if (hs[i].name == NULL) { /* obsolete line folding: refuse rather than guess */
             out->status = 400;
@@ -333,11 +350,21 @@ int sg__proxy_parse_head(const char *buf, size_t len, const char *token, sg__pro
             sport = &hs[i];
         } else if (hname(&hs[i], "connection")) {
             conn_upgrade |= contains_token_ci(hs[i].value, hs[i].value_len, "upgrade");
+            conn_close |= contains_token_ci(hs[i].value, hs[i].value_len, "close");
         } else if (hname(&hs[i], "upgrade")) {
             has_upgrade = true;
+        } else if (hname(&hs[i], "transfer-encoding")) {
+            has_te = true;
+        } else if (hname(&hs[i], "content-length")) {
+            ncl++;
+            cl = parse_length(hs[i].value, hs[i].value_len);
         }
     }
     out->upgrade = conn_upgrade && has_upgrade;
+    out->is_head = mlen == 4 && memcmp(method, "HEAD", 4) == 0;
+    /* anything unusual (two lengths, a bad one, chunked, an upgrade): one request, then close */
+    out->keepalive = !conn_close && !out->upgrade && !has_upgrade && !has_te && ncl <= 1 && cl >= 0;
+    out->body_len = out->keepalive ? cl : 0;
     if (tok == NULL && sid == NULL && sport == NULL && mlen == 3 && memcmp(method, "GET", 3) == 0 &&
         plen == 7 && memcmp(path, "/health", 7) == 0) {
         out->health = true;
@@ -424,6 +451,15 @@ dup:
 int sg__proxy_rewrite_response(const char *buf, size_t len, char **out, size_t *out_len,
                                size_t *head_len, int *status)
 {
+    long long body_len;
+    return sg__proxy_rewrite_response_ka(buf, len, false, false, out, out_len, head_len, status,
+                                         &body_len);
+}
+
+int sg__proxy_rewrite_response_ka(const char *buf, size_t len, bool keepalive, bool is_head,
+                                  char **out, size_t *out_len, size_t *head_len, int *status,
+                                  long long *body_len)
+{
     int minor;
     const char *msg;
     size_t msg_len, nh = MAX_PROXY_HEADERS;
@@ -434,15 +470,42 @@ int sg__proxy_rewrite_response(const char *buf, size_t len, char **out, size_t *
     if (r < 0)
         return -1;
     *head_len = (size_t)r;
-    bool close = *status != 101 && *status >= 200;
+    bool final = *status != 101 && *status >= 200;
+    *body_len = -1;
+    if (final && keepalive) {
+        int ncl = 0;
+        long long cl = 0;
+        bool has_te = false;
+        for (size_t i = 0; i < nh; i++) {
+            if (hs[i].name == NULL)
+                continue;
+            if (hname(&hs[i], "content-length")) {
+                ncl++;
+                cl = parse_length(hs[i].value, hs[i].value_len);
+            } else if (hname(&hs[i], "transfer-encoding")) {
+                has_te = true;
+            }
+        }
+        if (is_head || *status == 204 || *status == 304)
+            *body_len = 0;
+        else if (!has_te && ncl == 1 && cl >= 0)
+            *body_len = cl;
+    }
+    /* hop-by-hop headers go for every final response; "Connection: close" when the end of the
+     * response is the end of the connection */
+    bool strip = final, close = final && *body_len < 0;
     size_t cap = (size_t)r + 64;
     char *o = malloc(cap);
     if (o == NULL)
         return -1;
+    /* a framed response on a kept-alive connection is ours to version (RFC 9110 6.2: an
+     * intermediary sends its own version): HTTP/1.1, so the client may reuse the connection */
+    if (final && !close)
+        minor = 1;
     size_t n = (size_t)snprintf(o, cap, "HTTP/1.%d %d %.*s\r\n", minor, *status, (int)msg_len, msg);
     for (size_t i = 0; i < nh; i++) {
         const struct phr_header *h = &hs[i];
-        if (h->name == NULL || (close && (hname(h, "connection") || hname(h, "keep-alive"))))
+        if (h->name == NULL || (strip && (hname(h, "connection") || hname(h, "keep-alive"))))
             continue;
         if (n + h->name_len + h->value_len + 4 > cap)
             break; /* cannot happen: the output is never longer than the input + 64 */

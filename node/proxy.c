@@ -2,15 +2,22 @@
  * The node proxy (docs/node-api.md "Node proxy"): a small HTTP/1.1 relay on libuv instead of
  * h2o's built-in proxy, because h2o 2.2.5 spools a slow client's whole response to /tmp.
  *
- * Per connection: read the request head (at most 64 KiB, 10 s), check the node token in constant
- * time, resolve X-Sandgate-Sandbox-Id/-Port, connect to <sandbox address>:<port> (5 s), send the
- * head without the three X-Sandgate headers, then relay bytes both ways. Each direction has one
- * 64 KiB buffer and stops reading its source while a write to the other side is pending, so a slow
- * reader pauses the sender through TCP backpressure: memory per connection is bounded (~130 KiB).
- * WebSocket upgrades are just the same relay. One connection carries exactly one request (the next
- * request on a gateway connection could be for another sandbox): the request goes upstream with
- * "Connection: close" and the response head comes back with "Connection: close" (rewritten here,
- * so a client never reuses the connection even when the sandbox's server would keep it alive).
+ * Per request: read the request head (at most 64 KiB, 10 s for a connection's first one), check
+ * the node token in constant time, resolve X-Sandgate-Sandbox-Id/-Port, connect to <sandbox
+ * address>:<port> (5 s), send the head without the three X-Sandgate headers and with "Connection:
+ * close" (one upstream connection per request: the next request may name another sandbox), then
+ * relay bytes both ways. Each direction has one 64 KiB buffer and stops reading its source while
+ * a write to the other side is pending, so a slow reader pauses the sender through TCP
+ * backpressure: memory per connection is bounded (~260 KiB: the two relay buffers and the request
+ * and response head buffers). WebSocket upgrades are the same relay.
+ *
+ * Keep-alive towards the client (the gateway): a request that is HTTP/1.1, no upgrade, no
+ * "Connection: close" and framed by Content-Length (or bodiless) is relayed exactly (req_left
+ * bytes of body, no more); when its response is framed too (Content-Length, HEAD, 204, 304) the
+ * relay counts resp_left bytes, lets the sandbox close the upstream connection (at most DRAIN_MS)
+ * and reads the client's next request (idle bound KEEPALIVE_MS; bytes that arrived early wait in `head`). Anything else
+ * (chunked, close-delimited, a response before the whole request body was taken, an early EOF)
+ * falls back to the one-request connection: "Connection: close", relay until both sides end.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +28,8 @@
 #define BUF_SIZE (64 * 1024)
 #define HEADER_TIMEOUT_MS 10000
 #define CONNECT_TIMEOUT_MS 5000
+#define KEEPALIVE_MS 60000 /* above the gateways' pool timeout: the gateway closes first */
+#define DRAIN_MS 1000      /* how long a sandbox may take to close after its framed response */
 
 typedef struct sg__proxy {
     uv_tcp_t listener;
@@ -36,6 +45,7 @@ typedef struct {
     uv_write_t w;
     uv_shutdown_t sh;
     bool eof;
+    bool reading, writing;
 } dir_t;
 
 struct pconn {
@@ -54,10 +64,21 @@ struct pconn {
     size_t rhead_len;
     char *rout;      /* rewritten response head(s) being written */
     int open_handles;
+    bool head_reading; /* client read with on_head_read */
+    /* keep-alive (see the note at the top) */
+    bool ka, is_head, recycling;
+    bool draining; /* ka: response relayed, waiting for the sandbox to close its side first */
+    long long req_left;  /* ka: request body bytes not yet read from the client */
+    long long resp_left; /* ka and the response is framed: body bytes not yet relayed */
+    size_t head_fwd;     /* ka: bytes of `head` sent upstream with the request head */
     dir_t c2u, u2c;
 };
 
 static void conn_close(pconn_t *c);
+static void on_upstream_recycled(uv_handle_t *h);
+static void handle_head(pconn_t *c);
+static void read_heads(pconn_t *c);
+static void on_timeout(uv_timer_t *t);
 
 static void on_handle_closed(uv_handle_t *h)
 {
@@ -121,6 +142,24 @@ static void respond(pconn_t *c, int status, const char *message)
 static void on_dir_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b);
 static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
 
+static void dir_read(dir_t *d)
+{
+    if (d->reading || d->writing || d->eof)
+        return;
+    if (uv_read_start(d->src, on_dir_alloc, on_dir_read) != 0) {
+        conn_close(d->c);
+        return;
+    }
+    d->reading = true;
+}
+
+static void dir_pause(dir_t *d)
+{
+    if (d->reading)
+        uv_read_stop(d->src);
+    d->reading = false;
+}
+
 static void maybe_done(pconn_t *c)
 {
     if (c->c2u.eof && c->u2c.eof)
@@ -129,17 +168,62 @@ static void maybe_done(pconn_t *c)
 
 static void on_shutdown(uv_shutdown_t *sh, int status) { maybe_done(sh->data); }
 
+/* The response ended where its framing says (ka): drop the upstream connection, then serve the
+ * client's next request (on_upstream_recycled). */
+static void next_request(pconn_t *c)
+{
+    c->draining = false;
+    uv_timer_stop(&c->timer);
+    if (c->req_left > 0 || c->c2u.writing) {
+        /* the sandbox answered before taking the whole request body: the client connection is
+         * mid-request, so it cannot carry another one */
+        conn_close(c);
+        return;
+    }
+    c->recycling = true;
+    c->upstream_init = false;
+    dir_pause(&c->u2c);
+    uv_close((uv_handle_t *)&c->upstream, on_upstream_recycled);
+}
+
+/* The framed response is relayed. The sandbox was asked to close ("Connection: close"): let it
+ * close first so that TIME-WAIT lands on its side, not on the node's ephemeral ports (at a few
+ * hundred requests a second the node would run out of them); DRAIN_MS bounds a server that does
+ * not close, and anything it still sends is dropped. */
+static void await_upstream_close(pconn_t *c)
+{
+    c->draining = true;
+    uv_timer_start(&c->timer, on_timeout, DRAIN_MS, 0);
+    dir_read(&c->u2c);
+}
+
+/* Switches a keep-alive request to the one-request relay (the response is not framed): the
+ * client's side is read again so that its EOF ends the connection, as without keep-alive. */
+static void fall_back_to_close(pconn_t *c)
+{
+    c->ka = false;
+    c->head_len = 0; /* a pipelined next request is not served */
+    dir_read(&c->c2u);
+}
+
 static void on_dir_written(uv_write_t *w, int status)
 {
     dir_t *d = w->data;
-    if (d->c->closing)
+    pconn_t *c = d->c;
+    d->writing = false;
+    if (c->closing || (c->recycling && d == &c->c2u))
         return;
     if (status != 0) {
-        conn_close(d->c);
+        conn_close(c);
         return;
     }
-    if (uv_read_start(d->src, on_dir_alloc, on_dir_read) != 0)
-        conn_close(d->c);
+    if (c->ka && d == &c->u2c && c->resp_done && c->resp_left == 0) {
+        await_upstream_close(c);
+        return;
+    }
+    if (c->ka && d == &c->c2u && c->req_left == 0)
+        return; /* the request body is complete: the client's next bytes are the next request */
+    dir_read(d);
 }
 
 static dir_t *dir_of(pconn_t *c, uv_stream_t *src)
@@ -151,6 +235,17 @@ static void on_dir_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
 {
     dir_t *d = dir_of(h->data, (uv_stream_t *)h);
     *b = uv_buf_init(d->buf, BUF_SIZE);
+}
+
+static void dir_write(dir_t *d, uv_buf_t *bufs, unsigned nb)
+{
+    dir_pause(d);
+    d->w.data = d;
+    d->writing = true;
+    if (uv_write(&d->w, d->dst, bufs, nb, on_dir_written) != 0) {
+        d->writing = false;
+        conn_close(d->c);
+    }
 }
 
 /* Collects the upstream's response head and sends it rewritten (see sg__proxy_rewrite_response);
@@ -173,8 +268,9 @@ static bool response_head(pconn_t *c, dir_t *d, const char *data, size_t len)
         char *h;
         size_t hl, consumed;
         int status;
-        int r = sg__proxy_rewrite_response(c->rhead + off, c->rhead_len - off, &h, &hl, &consumed,
-                                           &status);
+        long long body_len;
+        int r = sg__proxy_rewrite_response_ka(c->rhead + off, c->rhead_len - off, c->ka,
+                                              c->is_head, &h, &hl, &consumed, &status, &body_len);
         if (r < 0) {
             free(out);
             if (out_len == 0) {
@@ -200,6 +296,10 @@ static bool response_head(pconn_t *c, dir_t *d, const char *data, size_t len)
         off += consumed;
         if (status == 101 || status >= 200) {
             c->resp_done = true;
+            if (c->ka && body_len >= 0)
+                c->resp_left = body_len;
+            else if (c->ka)
+                fall_back_to_close(c);
             break;
         }
     }
@@ -212,17 +312,19 @@ static bool response_head(pconn_t *c, dir_t *d, const char *data, size_t len)
     c->rout = out;
     bufs[nb++] = uv_buf_init(out, (unsigned)out_len);
     if (c->resp_done) {
-        if (c->rhead_len > off)
-            bufs[nb++] = uv_buf_init(c->rhead + off, (unsigned)(c->rhead_len - off));
+        size_t rest = c->rhead_len - off;
+        if (c->ka && (long long)rest > c->resp_left)
+            rest = (size_t)c->resp_left; /* bytes past the framed body are not the client's */
+        if (c->ka)
+            c->resp_left -= (long long)rest;
+        if (rest > 0)
+            bufs[nb++] = uv_buf_init(c->rhead + off, (unsigned)rest);
         c->rhead_len = 0;
     } else {
         memmove(c->rhead, c->rhead + off, c->rhead_len - off);
         c->rhead_len -= off;
     }
-    uv_read_stop(d->src);
-    d->w.data = d;
-    if (uv_write(&d->w, d->dst, bufs, nb, on_dir_written) != 0)
-        conn_close(c);
+    dir_write(d, bufs, nb);
     return true;
 }
 
@@ -232,13 +334,19 @@ static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     dir_t *d = dir_of(c, s);
     if (nread == 0)
         return;
+    if (c->draining && d == &c->u2c) {
+        if (nread < 0)
+            next_request(c); /* the sandbox closed (or failed): either way the exchange is over */
+        return;              /* bytes past the framed response: not the client's */
+    }
     if (nread > 0 && d == &c->u2c && !c->resp_done) {
         response_head(c, d, b->base, (size_t)nread);
         return;
     }
     if (nread < 0) {
-        uv_read_stop(s);
-        if (nread != UV_EOF) {
+        dir_pause(d);
+        /* keep-alive: an EOF before the framed end is a truncated message */
+        if (nread != UV_EOF || c->ka) {
             conn_close(c);
             return;
         }
@@ -248,12 +356,34 @@ static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
             maybe_done(c);
         return;
     }
+    size_t n = (size_t)nread;
+    if (c->ka && d == &c->c2u) {
+        if ((long long)n > c->req_left) {
+            /* the next request's first bytes: kept for later (head_len is 0 while a body is
+             * being read, and they fit: BUF_SIZE <= HEAD_MAX) */
+            size_t extra = n - (size_t)c->req_left;
+            memcpy(c->head, d->buf + c->req_left, extra);
+            c->head_len = extra;
+            n = (size_t)c->req_left;
+        }
+        c->req_left -= (long long)n;
+        if (n == 0) {
+            dir_pause(d);
+            return;
+        }
+    } else if (c->ka && d == &c->u2c) {
+        if ((long long)n > c->resp_left)
+            n = (size_t)c->resp_left; /* past the framed body: not the client's */
+        c->resp_left -= (long long)n;
+        if (n == 0) { /* (reading stops at the framed end; should it not, the same ending) */
+            dir_pause(d);
+            await_upstream_close(c);
+            return;
+        }
+    }
     /* Backpressure: no more reads from this side until the other side took these bytes. */
-    uv_read_stop(s);
-    uv_buf_t out = uv_buf_init(d->buf, (unsigned)nread);
-    d->w.data = d;
-    if (uv_write(&d->w, d->dst, &out, 1, on_dir_written) != 0)
-        conn_close(c);
+    uv_buf_t out = uv_buf_init(d->buf, (unsigned)n);
+    dir_write(d, &out, 1);
 }
 
 static void start_relay(pconn_t *c)
@@ -261,9 +391,9 @@ static void start_relay(pconn_t *c)
     c->relaying = true;
     c->c2u = (dir_t){.c = c, .src = (uv_stream_t *)&c->client, .dst = (uv_stream_t *)&c->upstream};
     c->u2c = (dir_t){.c = c, .src = (uv_stream_t *)&c->upstream, .dst = (uv_stream_t *)&c->client};
-    if (uv_read_start((uv_stream_t *)&c->client, on_dir_alloc, on_dir_read) != 0 ||
-        uv_read_start((uv_stream_t *)&c->upstream, on_dir_alloc, on_dir_read) != 0)
-        conn_close(c);
+    if (!c->ka || c->req_left > 0)
+        dir_read(&c->c2u);
+    dir_read(&c->u2c);
 }
 
 static void on_head_sent(uv_write_t *w, int status)
@@ -275,6 +405,10 @@ static void on_head_sent(uv_write_t *w, int status)
         conn_close(c);
         return;
     }
+    /* what is left in `head` after the forwarded body is the next request (ka) */
+    memmove(c->head, c->head + c->head_fwd, c->head_len - c->head_fwd);
+    c->head_len -= c->head_fwd;
+    c->head_fwd = 0;
     start_relay(c);
 }
 
@@ -290,24 +424,35 @@ static void on_upstream_connect(uv_connect_t *req, int status)
         respond(c, 502, msg);
         return;
     }
-    /* c->resp holds the rewritten head; bytes already read past the head follow it. */
+    /* c->resp holds the rewritten head; bytes already read past the head follow it (ka: only
+     * the request's own body; later bytes stay for the next request). */
+    size_t fwd = c->head_len;
+    if (c->ka && (long long)fwd > c->req_left)
+        fwd = (size_t)c->req_left;
+    if (c->ka)
+        c->req_left -= (long long)fwd;
+    c->head_fwd = fwd;
     uv_buf_t bufs[2] = {uv_buf_init(c->resp, (unsigned)strlen(c->resp)),
-                        uv_buf_init(c->head, (unsigned)c->head_len)};
+                        uv_buf_init(c->head, (unsigned)fwd)};
     c->w.data = c;
-    if (uv_write(&c->w, (uv_stream_t *)&c->upstream, bufs, c->head_len ? 2 : 1, on_head_sent) != 0)
+    if (uv_write(&c->w, (uv_stream_t *)&c->upstream, bufs, fwd ? 2 : 1, on_head_sent) != 0)
         conn_close(c);
 }
 
 static void on_timeout(uv_timer_t *t)
 {
     pconn_t *c = t->data;
+    if (c->draining) {
+        next_request(c); /* the sandbox keeps its side open: close ours */
+        return;
+    }
     if (c->upstream_init && !c->relaying) {
         char msg[96];
         snprintf(msg, sizeof(msg), "The sandbox is running but port %d is not open", c->port);
         respond(c, 502, msg);
         return;
     }
-    conn_close(c); /* slow request head */
+    conn_close(c); /* slow request head, or an idle keep-alive connection */
 }
 
 static void on_head_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
@@ -326,14 +471,59 @@ static void on_head_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         return;
     }
     c->head_len += (size_t)nread;
+    handle_head(c);
+}
+
+/* Reads (more of) a request head from the client. */
+static void read_heads(pconn_t *c)
+{
+    if (c->head_reading)
+        return;
+    if (uv_read_start((uv_stream_t *)&c->client, on_head_alloc, on_head_read) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->head_reading = true;
+}
+
+/* The upstream connection of the previous request is closed: serve the next one. */
+static void on_upstream_recycled(uv_handle_t *h)
+{
+    pconn_t *c = h->data;
+    c->recycling = false;
+    if (c->closing) {
+        on_handle_closed(h);
+        return;
+    }
+    c->open_handles--;
+    c->relaying = false;
+    c->resp_done = false;
+    c->rhead_len = 0;
+    c->ka = false;
+    c->resp_left = 0;
+    free(c->rout);
+    c->rout = NULL;
+    uv_timer_start(&c->timer, on_timeout, KEEPALIVE_MS, 0);
+    if (c->head_len > 0)
+        handle_head(c); /* early bytes of the next request */
+    else
+        read_heads(c);
+}
+
+static void handle_head(pconn_t *c)
+{
     sg__proxy_head_t h;
     int r = sg__proxy_parse_head(c->head, c->head_len, c->px->n->cfg->node_token, &h);
     if (r == 0) {
         if (c->head_len >= HEAD_MAX)
             respond(c, 431, "request head too large");
+        else
+            read_heads(c);
         return;
     }
-    uv_read_stop(s);
+    if (c->head_reading)
+        uv_read_stop((uv_stream_t *)&c->client);
+    c->head_reading = false;
     if (h.health) {
         respond(c, 204, "");
         return;
@@ -359,6 +549,9 @@ static void on_head_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         free(h.out);
         return;
     }
+    c->ka = h.keepalive;
+    c->is_head = h.is_head;
+    c->req_left = h.keepalive ? h.body_len : 0;
     /* Keep the rewritten head (NUL-terminated) and move the bytes after the head down. */
     free(c->resp);
     c->resp = malloc(h.out_len + 1);
@@ -375,7 +568,7 @@ static void on_head_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 
     struct sockaddr_in sa;
     uv_ip4_addr(sb->addr, c->port, &sa);
-    uv_tcp_init(s->loop, &c->upstream);
+    uv_tcp_init(c->client.loop, &c->upstream);
     c->upstream.data = c;
     c->upstream_init = true;
     c->open_handles++;
@@ -415,8 +608,7 @@ static void on_accept(uv_stream_t *l, int status)
     }
     uv_tcp_nodelay(&c->client, 1);
     uv_timer_start(&c->timer, on_timeout, HEADER_TIMEOUT_MS, 0);
-    if (uv_read_start((uv_stream_t *)&c->client, on_head_alloc, on_head_read) != 0)
-        conn_close(c);
+    read_heads(c);
 }
 
 int sg__proxy_start(sg__node_t *n)

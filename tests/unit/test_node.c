@@ -234,6 +234,98 @@ static void test_node_proxy_response(void **state)
                                                 &status), -1);
 }
 
+/* Keep-alive framing of requests: only HTTP/1.1 with one valid Content-Length (or none). */
+static void test_node_proxy_head_keepalive(void **state)
+{
+    sg__proxy_head_t h;
+#define KA_HEAD(line, extra) line "\r\nX-Sandgate-Node-Token: " TOK "\r\nX-Sandgate-Sandbox-Id: abc\r\n" \
+                             "X-Sandgate-Sandbox-Port: 80\r\n" extra "\r\n"
+    assert_int_equal(head(KA_HEAD("GET / HTTP/1.1", ""), &h), 1);
+    assert_true(h.keepalive);
+    assert_int_equal(h.body_len, 0);
+    assert_false(h.is_head);
+    free(h.out);
+    assert_int_equal(head(KA_HEAD("POST / HTTP/1.1", "Content-Length: 1234\r\nConnection: keep-alive\r\n"), &h), 1);
+    assert_true(h.keepalive);
+    assert_int_equal(h.body_len, 1234);
+    free(h.out);
+    assert_int_equal(head(KA_HEAD("HEAD / HTTP/1.1", ""), &h), 1);
+    assert_true(h.keepalive);
+    assert_true(h.is_head);
+    free(h.out);
+    static const char *no[] = {
+        KA_HEAD("GET / HTTP/1.0", ""),
+        KA_HEAD("GET / HTTP/1.1", "Connection: close\r\n"),
+        KA_HEAD("GET / HTTP/1.1", "Connection: keep-alive, Close\r\n"),
+        KA_HEAD("POST / HTTP/1.1", "Transfer-Encoding: chunked\r\n"),
+        KA_HEAD("POST / HTTP/1.1", "Content-Length: 5\r\nContent-Length: 5\r\n"),
+        KA_HEAD("POST / HTTP/1.1", "Content-Length: -5\r\n"),
+        KA_HEAD("POST / HTTP/1.1", "Content-Length: 5x\r\n"),
+        KA_HEAD("POST / HTTP/1.1", "Content-Length: 1234567890123456789\r\n"),
+        KA_HEAD("GET / HTTP/1.1", "Upgrade: websocket\r\n"),
+        KA_HEAD("GET / HTTP/1.1", "Connection: Upgrade\r\nUpgrade: websocket\r\n"),
+    };
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++) {
+        assert_int_equal(head(no[i], &h), 1);
+        assert_int_equal(h.status, 0);
+        assert_false(h.keepalive);
+        assert_int_equal(h.body_len, 0);
+        free(h.out);
+    }
+#undef KA_HEAD
+}
+
+/* Keep-alive framing of responses: framed ones lose "Connection: close", others keep it. */
+static void test_node_proxy_response_keepalive(void **state)
+{
+    char *out;
+    size_t out_len, head_len;
+    int status;
+    long long body;
+    struct {
+        const char *resp;
+        bool is_head;
+        long long body;
+    } cases[] = {
+        {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n", false, 5},
+        {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, 0},
+        {"HTTP/1.1 204 No Content\r\n\r\n", false, 0},
+        {"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false, 0},
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, -1},
+        {"HTTP/1.1 200 OK\r\n\r\n", false, -1},
+        {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", false, -1},
+        {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", false, -1},
+        {"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false, -1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *r = cases[i].resp;
+        assert_int_equal(sg__proxy_rewrite_response_ka(r, strlen(r), true, cases[i].is_head, &out,
+                                                       &out_len, &head_len, &status, &body), 1);
+        assert_int_equal(body, cases[i].body);
+        char *o = strndup(out, out_len);
+        assert_null(strcasestr(o, "keep-alive"));
+        if (cases[i].body >= 0)
+            assert_null(strstr(o, "Connection: close"));
+        else
+            assert_non_null(strstr(o, "Connection: close\r\n\r\n"));
+        free(o);
+        free(out);
+        /* without keep-alive: always close, no framing reported */
+        assert_int_equal(sg__proxy_rewrite_response_ka(r, strlen(r), false, cases[i].is_head, &out,
+                                                       &out_len, &head_len, &status, &body), 1);
+        assert_int_equal(body, -1);
+        assert_non_null(strstr(out, "Connection: close\r\n\r\n"));
+        free(out);
+    }
+    /* 1xx heads are not final: unchanged, no framing */
+    const char *cont = "HTTP/1.1 100 Continue\r\n\r\n";
+    assert_int_equal(sg__proxy_rewrite_response_ka(cont, strlen(cont), true, false, &out, &out_len,
+                                                   &head_len, &status, &body), 1);
+    assert_int_equal(body, -1);
+    assert_int_equal(out_len, strlen(cont));
+    free(out);
+}
+
 static void test_node_hostport(void **state)
 {
     struct sockaddr_storage sa;
@@ -302,6 +394,8 @@ int main(void)
         cmocka_unit_test(test_node_addrpool),
         cmocka_unit_test(test_node_proxy_head),
         cmocka_unit_test(test_node_proxy_response),
+        cmocka_unit_test(test_node_proxy_head_keepalive),
+        cmocka_unit_test(test_node_proxy_response_keepalive),
         cmocka_unit_test(test_node_hostport),
         cmocka_unit_test(test_node_oci_config),
     };

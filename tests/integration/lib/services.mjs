@@ -170,13 +170,36 @@ export function sandgate(config, ...args) {
   }
 }
 
-export async function startGateway({ pg, redis, extra = '', name = 'gw' }) {
+// A self-signed certificate for *.<domain> in dir: { cert, key } (TLS listeners in tests).
+export function selfSignedCert(dir, domain = 'sandgate.test') {
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'key.pem', '-out', 'cert.pem',
+    '-days', '2', '-subj', `/CN=*.${domain}`, '-addext', `subjectAltName=DNS:*.${domain},DNS:${domain}`],
+  { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  return { cert: path.join(dir, 'cert.pem'), key: path.join(dir, 'key.pem') };
+}
+
+// tls: true adds a second listener (gw.tlsPort) with a self-signed certificate and HTTP/2.
+export async function startGateway({ pg, redis, extra = '', name = 'gw', tls = false }) {
   const dir = tmpdir(name);
   const port = await freePort();
   const config = path.join(dir, 'gateway.yaml');
-  fs.writeFileSync(config, gatewayConfig({ port, pg, redis, extra }));
+  let yaml = gatewayConfig({ port, pg, redis, extra });
+  let tlsPort = null;
+  if (tls) {
+    tlsPort = await freePort();
+    const c = selfSignedCert(dir);
+    yaml = yaml.replace(/^listeners:\n/m, `listeners:
+  - address: 127.0.0.1
+    port: ${tlsPort}
+    http2: true
+    certs:
+      - cert_file: ${c.cert}
+        key_file: ${c.key}
+`);
+  }
+  fs.writeFileSync(config, yaml);
   const gw = {
-    port, dir, config, url: `http://127.0.0.1:${port}`, log: path.join(dir, 'gateway.log'), proc: null,
+    port, tlsPort, dir, config, url: `http://127.0.0.1:${port}`, log: path.join(dir, 'gateway.log'), proc: null,
     async start() {
       gw.proc = launch(SANDGATE, ['--config', config, 'serve'], { log: gw.log });
       await waitFor(async () => (await fetch(`${gw.url}/health`)).status === 200, { what: 'gateway' });
