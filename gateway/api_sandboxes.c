@@ -15,6 +15,7 @@
  *
  * A sandbox of another team is always the same 404 as an unknown one.
  */
+#include <errno.h>
 #include <string.h>
 #include <strings.h>
 #include <stdlib.h>
@@ -55,6 +56,7 @@ typedef struct {
     int timeout_s;
     bool v2;
     bool connect;
+    long long from_s, to_s; /* metrics: the requested range, unix seconds (0 = open) */
 } pending_t;
 
 static void on_pending_dispose(void *p);
@@ -73,6 +75,7 @@ static void on_event(const char *kind, const char *sandbox_id, const char *team_
                      const char *node_id, const char *detail, void *data);
 static size_t url_decode(const char *in, size_t len, char *out, size_t cap);
 static long long parse_rfc3339(const char *s);
+static int query_unix_s(h2o_req_t *req, const char *name, long long *out);
 
 /* ---- worker state ---- */
 
@@ -606,8 +609,15 @@ static void on_metrics_done(int err, int status, json_t *body, void *data)
                           json_object_get(body, "diskUsed"), "diskTotal",
                           json_object_get(body, "diskTotal"));
     json_t *arr = json_array();
-    if (m != NULL)
+    /* The node keeps no history, only the live sample: it is the answer when it falls in the
+     * requested range. The range comes in whole seconds (the SDK rounds), so each bound
+     * stands for its whole second either side. */
+    bool in_range = (p->from_s == 0 || ms >= (p->from_s - 1) * 1000) &&
+                    (p->to_s == 0 || ms < (p->to_s + 1) * 1000);
+    if (m != NULL && in_range)
         json_array_append_new(arr, m);
+    else if (m != NULL)
+        json_decref(m);
     sg_http_json(p->req, 200, arr);
 }
 
@@ -616,6 +626,11 @@ static void on_metrics(sg_api_call_t *call)
     pending_t *p = pending_new(call);
     if (!param_id(call, p->sbx_id, sizeof(p->sbx_id)))
         return;
+    if (query_unix_s(call->req, "start", &p->from_s) != 0 ||
+        query_unix_s(call->req, "end", &p->to_s) != 0) {
+        sg_http_error(call->req, 400, "start and end must be unix timestamps in seconds");
+        return;
+    }
     int rc = sg_sched_metrics(state_of(call)->sched, call->id.team_id, p->sbx_id, on_metrics_done,
                               p, &p->op);
     if (rc == SG_ENOTFOUND)
@@ -855,6 +870,36 @@ static size_t url_decode(const char *in, size_t len, char *out, size_t cap)
 }
 
 /* "2026-11-26T04:50:00.123Z" (fraction optional, Z or +hh:mm) to ms; -1 when malformed. */
+/* A query parameter holding a non-negative integer (unix seconds); absent leaves *out at 0. */
+static int query_unix_s(h2o_req_t *req, const char *name, long long *out)
+{
+    if (req->query_at == SIZE_MAX)
+        return 0;
+    const char *qs = req->path.base + req->query_at + 1;
+    size_t qlen = req->path.len - req->query_at - 1, nlen = strlen(name);
+    for (size_t i = 0; i < qlen;) {
+        size_t j = i;
+        while (j < qlen && qs[j] != '&')
+            j++;
+        if (j - i > nlen && memcmp(qs + i, name, nlen) == 0 && qs[i + nlen] == '=') {
+            char v[24];
+            size_t vlen = j - i - nlen - 1;
+            if (vlen == 0 || vlen >= sizeof(v))
+                return SG_EINVAL;
+            memcpy(v, qs + i + nlen + 1, vlen);
+            v[vlen] = '\0';
+            char *end;
+            errno = 0;
+            long long x = strtoll(v, &end, 10);
+            if (*end != '\0' || errno != 0 || x < 0 || x > 32503680000LL) /* year 3000 */
+                return SG_EINVAL;
+            *out = x;
+        }
+        i = j + 1;
+    }
+    return 0;
+}
+
 static long long parse_rfc3339(const char *s)
 {
     struct tm tm = {0};
