@@ -54,6 +54,32 @@ test('SDK: create, list with metadata filter, getInfo, setTimeout, connect, kill
   assert.deepEqual(await Sandbox.list({ ...opts, query: { metadata: { suite: 'sdk' } } }).nextItems(), []);
 });
 
+// Found by the E2B SDK's own suite (tests/api/list.test.ts, tests/sandbox/metrics.test.ts).
+test('SDK: startedAfter includes a sandbox started at that instant; metrics honour start/end', async () => {
+  const a = await Sandbox.create('base', { ...opts, metadata: { suite: 'sdk-range' } });
+  try {
+    const info = await a.getInfo();
+    const list = (startedAfter) =>
+      Sandbox.list({ ...opts, query: { metadata: { suite: 'sdk-range' }, startedAfter } }).nextItems();
+    assert.deepEqual((await list(info.startedAt)).map((x) => x.sandboxId), [a.sandboxId]);
+    assert.deepEqual(await list(new Date(info.startedAt.getTime() + 1000)), []);
+
+    const hour = 3600 * 1000;
+    const now = await a.getMetrics({ start: new Date(Date.now() - hour), end: new Date(Date.now() + hour) });
+    assert.equal(now.length, 1, 'the live sample lies in a range around now');
+    assert.deepEqual(await a.getMetrics({ start: new Date(Date.now() - hour), end: new Date(Date.now() - hour / 2) }), [],
+      'a range that ended half an hour ago has no samples');
+    assert.deepEqual(await a.getMetrics({ start: new Date(Date.now() + hour) }), [], 'nor one that starts in an hour');
+    for (const q of ['start=abc', 'end=-5', 'start=', 'end=1e9']) {
+      const r = await fetch(`${s.gw.url}/sandboxes/${a.sandboxId}/metrics?${q}`, { headers: { 'x-api-key': opts.apiKey } });
+      assert.equal(r.status, 400, q);
+      assert.equal((await r.json()).code, 400, q);
+    }
+  } finally {
+    await a.kill();
+  }
+});
+
 test('SDK: the team limit surfaces as a rate-limit error; a bad key as an auth error', async () => {
   const key = team(s.config, 'sdk-small', '--max-concurrent', '1');
   const o = { ...opts, apiKey: key };
