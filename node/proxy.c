@@ -11,6 +11,8 @@
  * request on a gateway connection could be for another sandbox): the request goes upstream with
  * "Connection: close" and the response head comes back with "Connection: close" (rewritten here,
  * so a client never reuses the connection even when the sandbox's server would keep it alive).
+ * A chunked response body is followed (sg__chunk_track) so that an upstream ending inside it (a
+ * killed sandbox) reaches the client as a truncated body, not as a complete one.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +55,8 @@ struct pconn {
     char *rhead;     /* response head being collected (HEAD_MAX) */
     size_t rhead_len;
     char *rout;      /* rewritten response head(s) being written */
+    bool chunked;    /* a chunked response body is being relayed and has not ended yet */
+    sg__chunk_track_t ct;
     int open_handles;
     dir_t c2u, u2c;
 };
@@ -200,6 +204,11 @@ static bool response_head(pconn_t *c, dir_t *d, const char *data, size_t len)
         off += consumed;
         if (status == 101 || status >= 200) {
             c->resp_done = true;
+            c->chunked = status != 101 && status != 204 && status != 304 &&
+                         strncmp(c->resp, "HEAD ", 5) != 0 &&
+                         sg__proxy_head_chunked(out + out_len - hl, hl);
+            if (c->chunked && sg__chunk_track(&c->ct, c->rhead + off, c->rhead_len - off) != 0)
+                c->chunked = false;
             break;
         }
     }
@@ -238,6 +247,19 @@ static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     }
     if (nread < 0) {
         uv_read_stop(s);
+        if (d == &c->u2c && c->chunked) {
+            /* The sandbox went away inside a chunked body (killed, or its server died): make
+             * the truncation visible downstream, then close (sg__chunk_abort_bytes). */
+            const char *tail = sg__chunk_abort_bytes(&c->ct);
+            if (*tail != '\0') {
+                /* No write is pending toward the client (reads stop while one is), so these
+                 * few bytes go straight out; best effort, the close follows either way. */
+                uv_buf_t tb = uv_buf_init((char *)tail, (unsigned)strlen(tail));
+                (void)uv_try_write(d->dst, &tb, 1);
+            }
+            conn_close(c);
+            return;
+        }
         if (nread != UV_EOF) {
             conn_close(c);
             return;
@@ -248,6 +270,8 @@ static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
             maybe_done(c);
         return;
     }
+    if (d == &c->u2c && c->chunked && sg__chunk_track(&c->ct, b->base, (size_t)nread) != 0)
+        c->chunked = false; /* ended (or not chunked framing after all): EOF is no truncation */
     /* Backpressure: no more reads from this side until the other side took these bytes. */
     uv_read_stop(s);
     uv_buf_t out = uv_buf_init(d->buf, (unsigned)nread);
