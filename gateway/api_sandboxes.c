@@ -329,7 +329,8 @@ static void create_with_template(pending_t *p, const tpl_t *t)
         .end_ms = sg_now_ms() + (long long)p->timeout_s * 1000,
         .env_vars = json_is_object(env) ? env : NULL,
         .metadata = json_is_object(meta) ? meta : NULL,
-        .secure = json_is_true(secure),
+        /* /v2 (SDK 2.51+) no longer sends "secure": every v2 sandbox is secured. */
+        .secure = p->v2 || json_is_true(secure),
         .allow_internet = !json_is_false(inet),
         .public_traffic = !json_is_false(apt),
     };

@@ -80,6 +80,34 @@ test('SDK: startedAfter includes a sandbox started at that instant; metrics hono
   }
 });
 
+// Found by the E2B SDK's own suite (tests/sandbox/files/signing.test.ts, secure.test.ts): SDK 2.51
+// no longer sends "secure" (POST /v2/sandboxes is "always secured"), so without it every
+// sandbox made by the pinned SDK had no envd access token and no signed file URLs.
+test('SDK: a sandbox made through /v2 is always secured (access token, signed URLs)', async () => {
+  const a = await Sandbox.create('base', opts);
+  try {
+    const url = new URL(await a.downloadUrl('/etc/hostname', { useSignatureExpiration: 10000 }));
+    assert.match(url.searchParams.get('signature'), /^v1_/);
+    const raw = await fetch(`${s.gw.url}/v2/sandboxes`, {
+      method: 'POST', headers: { 'x-api-key': opts.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ templateID: 'base', secure: false }),
+    });
+    assert.equal(raw.status, 201);
+    const made = await raw.json();
+    assert.match(made.envdAccessToken ?? '', /^[0-9a-f]{64}$/, 'secure: false is ignored on /v2');
+    assert.equal(await Sandbox.kill(made.sandboxID, opts), true);
+    const v1 = await fetch(`${s.gw.url}/sandboxes`, {
+      method: 'POST', headers: { 'x-api-key': opts.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ templateID: 'base' }),
+    });
+    const old = await v1.json();
+    assert.equal(old.envdAccessToken, null, 'the v1 route keeps "secure" opt-in');
+    assert.equal(await Sandbox.kill(old.sandboxID, opts), true);
+  } finally {
+    await a.kill();
+  }
+});
+
 test('SDK: the team limit surfaces as a rate-limit error; a bad key as an auth error', async () => {
   const key = team(s.config, 'sdk-small', '--max-concurrent', '1');
   const o = { ...opts, apiKey: key };
