@@ -287,6 +287,30 @@ describe('envd with the e2b SDK', () => {
   });
 
   describe('access token', () => {
+    // Found by the E2B SDK's own suite (tests/sandbox/files/signing.test.ts).
+    it('serves signed file URLs; refuses expired ones with E2B\'s message and forged ones', async () => {
+      await sbx.files.write('signed.txt', 'signed body');
+      const ok = await fetch(await sbx.downloadUrl('signed.txt', { useSignatureExpiration: 10000 }));
+      assert.equal(ok.status, 200);
+      assert.equal(await ok.text(), 'signed body');
+      const form = new FormData();
+      form.append('file', new Blob(['up']), 'x.txt');
+      const up = await fetch(await sbx.uploadUrl('signed-up.txt', { useSignatureExpiration: 10000 }), { method: 'POST', body: form });
+      assert.equal(up.status, 200);
+      assert.equal(await sbx.files.read('signed-up.txt'), 'up');
+      for (const url of [await sbx.downloadUrl('signed.txt', { useSignatureExpiration: -10000 }),
+        await sbx.uploadUrl('late.txt', { useSignatureExpiration: -100000 })]) {
+        const r = await fetch(url, { method: url.includes('late.txt') ? 'POST' : 'GET', body: url.includes('late.txt') ? form : undefined });
+        assert.equal(r.status, 401);
+        assert.deepEqual(await r.json(), { code: 401, message: 'signature is already expired' });
+      }
+      const forged = new URL(await sbx.downloadUrl('signed.txt', { useSignatureExpiration: 10000 }));
+      forged.searchParams.set('path', '/etc/shadow');
+      const f = await fetch(forged);
+      assert.equal(f.status, 401);
+      assert.deepEqual(await f.json(), { code: 401, message: 'invalid access token' });
+    });
+
     it('unlinked the token file after reading it', async () => {
       assert.equal(await sbx.files.exists('/run/sandgate/token', { user: 'root' }), false);
     });
