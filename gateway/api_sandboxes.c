@@ -640,12 +640,24 @@ static void on_metrics(sg_api_call_t *call)
         sg_http_error(call->req, 500, "Out of memory");
 }
 
+/* E2B operations this server does not have yet: a 501 naming the feature, not the route miss's
+ * 404 that the SDK would report as "sandbox not found" for a sandbox that is running. */
 static void on_unsupported(sg_api_call_t *call)
 {
     char id[64];
     if (!param_id(call, id, sizeof(id)))
         return;
-    sg_http_error(call->req, 501, "Pause and resume are not supported by this server yet");
+    h2o_iovec_t path = call->req->path_normalized;
+    const char *what = "Pause and resume are";
+    if (path.len >= 5 && memcmp(path.base + path.len - 5, "/fork", 5) == 0)
+        what = "Forking sandboxes is";
+    else if (path.len >= 10 && memcmp(path.base + path.len - 10, "/snapshots", 10) == 0)
+        what = "Snapshots are";
+    else if (path.len >= 8 && memcmp(path.base + path.len - 8, "/network", 8) == 0)
+        what = "Changing the network rules of a running sandbox is";
+    char msg[128];
+    snprintf(msg, sizeof(msg), "%s not supported by this server yet", what);
+    sg_http_error(call->req, 501, msg);
 }
 
 /* ---- templates ---- */
@@ -946,6 +958,9 @@ const sg_route_t sg__routes_sandboxes[] = {
     {"GET", "/sandboxes/{id}/metrics", SG_ROUTE_KEY, on_metrics},
     {"POST", "/sandboxes/{id}/pause", SG_ROUTE_KEY, on_unsupported},
     {"POST", "/sandboxes/{id}/resume", SG_ROUTE_KEY, on_unsupported},
+    {"POST", "/sandboxes/{id}/fork", SG_ROUTE_KEY, on_unsupported},
+    {"POST", "/sandboxes/{id}/snapshots", SG_ROUTE_KEY, on_unsupported},
+    {"PUT", "/sandboxes/{id}/network", SG_ROUTE_KEY, on_unsupported},
     {"GET", "/templates", SG_ROUTE_KEY, on_templates},
     {NULL},
 };

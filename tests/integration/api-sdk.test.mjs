@@ -108,6 +108,26 @@ test('SDK: a sandbox made through /v2 is always secured (access token, signed UR
   }
 });
 
+// Found by the E2B SDK's own suite (fork, snapshot-api, network tests): features we lack answered
+// the route miss's 404, which the SDK reports as "sandbox not found" for a running sandbox.
+test('API: fork, snapshots and network updates answer 501 naming the feature', async () => {
+  const a = await Sandbox.create('base', opts);
+  try {
+    for (const [method, p, what] of [['POST', 'fork', /Forking/], ['POST', 'snapshots', /Snapshots/],
+      ['PUT', 'network', /network rules/], ['POST', 'pause', /Pause and resume/]]) {
+      const r = await fetch(`${s.gw.url}/sandboxes/${a.sandboxId}/${p}`, {
+        method, headers: { 'x-api-key': opts.apiKey, 'content-type': 'application/json' }, body: '{}',
+      });
+      assert.equal(r.status, 501, p);
+      const body = await r.json();
+      assert.equal(body.code, 501, p);
+      assert.match(body.message, what, p);
+    }
+  } finally {
+    await a.kill();
+  }
+});
+
 test('SDK: the team limit surfaces as a rate-limit error; a bad key as an auth error', async () => {
   const key = team(s.config, 'sdk-small', '--max-concurrent', '1');
   const o = { ...opts, apiKey: key };
