@@ -145,6 +145,9 @@ typedef struct {
     size_t nprotected;
     int heartbeat_interval_ms; /* default 1000, 100..60000 */
     int sandbox_grace_ms;      /* default 10000 */
+    int warm_pool;             /* pre-created containers per warm template, default 4, 0..256 */
+    char **warm_templates;     /* empty = "base" */
+    size_t nwarm_templates;
 
     struct {
         char *level;

@@ -8,7 +8,8 @@
 # State lives under .sandgate/ (data, configs, logs, templates) and is reused by the next run.
 # The node agent runs in its own network namespace (sgdev) joined to this host by a veth pair,
 # so its bridge, addresses and nftables rules never touch the host's own network; `down` removes
-# the namespace, the sandboxes and their mounts.
+# the namespace, the sandboxes and their mounts. SANDGATE_WARM_POOL=N (default 8): containers the
+# node keeps started ahead, so that many creates at once skip runc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -140,6 +141,7 @@ state_dir: $S/node
 envd_path: $ROOT/build/envd-bundle
 network_cidr: 10.12.0.0/16
 bridge: sgbr0
+warm_pool: ${SANDGATE_WARM_POOL:-8}    # containers started ahead: creates skip runc
 protected_addresses:
   - $HOSTIP/32
 YAML

@@ -33,10 +33,15 @@ typedef struct {
     unsigned max_procs, nprocs;
     unsigned max_streams, nstreams;
     char **env;               /* default environment of started processes (NULL-terminated) */
+    char *init_key;           /* non-NULL while waiting for POST /init (a pre-started sandbox) */
     sg__proc_t *procs;
     uv_signal_t sigchld, sigterm, sigint;
     bool stopping;
 } sg__server_t;
+
+/* envd's environment minus SANDGATE_* variables, as the default of started processes (main.c);
+ * NULL when out of memory. */
+char **sg__envd_child_env(void);
 
 typedef struct {
     char name[256];

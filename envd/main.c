@@ -1,7 +1,8 @@
 /*
- * sandgate-envd: entry point. Parses the command line, takes the access token (then unlinks its
- * file so user processes can never read it), builds the default environment of started
- * processes from envd's own (minus SANDGATE_* variables), and runs the loop.
+ * sandgate-envd: entry point. Parses the command line, takes the access token and the request's
+ * environment from the token or boot file (then unlinks it so user processes can never read
+ * it), builds the default environment of started processes from envd's own (minus SANDGATE_*
+ * variables), and runs the loop.
  *
  * envd may be PID 1 of the sandbox's PID namespace: it reaps every child on SIGCHLD (orphans
  * included; elsewhere it makes itself a child subreaper so orphans still come to it), and exits
@@ -16,6 +17,7 @@
 #include <unistd.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <jansson.h>
 #include "common/common.h"
 #include "envd/internal.h"
 
@@ -23,7 +25,8 @@ extern char **environ;
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: sandgate-envd [--port 49983] [--token-file PATH] [--listen ADDR]\n"
+    fprintf(out, "usage: sandgate-envd [--port 49983] [--token-file PATH] [--boot-file PATH]\n"
+                 "                     [--await-init] [--listen ADDR]\n"
                  "                     [--max-body-mb 1024] [--request-timeout-s 600]\n"
                  "                     [--max-procs 1024] [--max-streams 1024]\n"
                  "                     [--log-level info] [--version]\n");
@@ -50,7 +53,46 @@ static char *read_token(const char *path)
     return strdup(buf);
 }
 
-static char **child_env(void)
+/* The boot file: {"env":{"K":"V",...},"token":"..."|null}, written by the node agent when the
+ * sandbox is claimed (a pre-created container's environment is fixed before the request is
+ * known). Its env becomes envd's own, so it is the default of every started process; the file is
+ * unlinked once read so user processes never see the token. 0 or -1 (logged). */
+static int read_boot(const char *path, char **token)
+{
+    json_error_t jerr;
+    json_t *o = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (o == NULL || !json_is_object(o)) {
+        sg_log(SG_LOG_ERROR, "cannot read the boot file", SG_LS("path", path),
+               SG_LS("error", o ? "not an object" : jerr.text));
+        json_decref(o);
+        return -1;
+    }
+    if (unlink(path) != 0 && errno != ENOENT)
+        sg_log(SG_LOG_WARN, "cannot unlink the boot file", SG_LS("path", path),
+               SG_LS("error", strerror(errno)));
+    int ret = 0;
+    const char *k;
+    json_t *v, *tok = json_object_get(o, "token");
+    json_object_foreach(json_object_get(o, "env"), k, v) {
+        if (!json_is_string(v) || k[0] == '\0' || strchr(k, '=') != NULL ||
+            setenv(k, json_string_value(v), 1) != 0) {
+            sg_log(SG_LOG_ERROR, "bad variable in the boot file", SG_LS("name", k));
+            ret = -1;
+        }
+    }
+    if (json_is_string(tok) && json_string_length(tok) > 0) {
+        *token = strdup(json_string_value(tok));
+        if (*token == NULL)
+            ret = -1;
+    } else if (tok != NULL && !json_is_null(tok)) {
+        sg_log(SG_LOG_ERROR, "bad token in the boot file", SG_LS("path", path));
+        ret = -1;
+    }
+    json_decref(o);
+    return ret;
+}
+
+char **sg__envd_child_env(void)
 {
     size_t n = 0;
     for (char **e = environ; *e; e++)
@@ -93,7 +135,7 @@ static bool parse_uint(const char *s, unsigned long max, unsigned long *out)
 int main(int argc, char **argv)
 {
     static sg__server_t srv;
-    const char *token_file = NULL, *host = "0.0.0.0";
+    const char *token_file = NULL, *boot_file = NULL, *host = "0.0.0.0";
     unsigned long port = SG_ENVD_DEFAULT_PORT, max_body_mb = 1024, req_timeout_s = 600, v;
     sg_log_level_t level = SG_LOG_INFO;
     srv.max_procs = 1024;
@@ -104,6 +146,16 @@ int main(int argc, char **argv)
         if (strcmp(a, "--version") == 0) {
             printf("%s\n", SG_ENVD_VERSION);
             return 0;
+        } else if (strcmp(a, "--await-init") == 0) {
+            /* Started ahead of its sandbox (the node's warm pool): env vars and token arrive in
+             * POST /init, authenticated by the key the node put in SANDGATE_INIT_KEY. */
+            const char *key = getenv("SANDGATE_INIT_KEY");
+            if (key == NULL || strlen(key) < 16) {
+                fprintf(stderr, "sandgate-envd: --await-init needs SANDGATE_INIT_KEY (16+ chars)\n");
+                return 2;
+            }
+            srv.init_key = strdup(key);
+            continue;
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
@@ -113,6 +165,8 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--port") == 0 && parse_uint(val, 65535, &port) && port > 0) {
         } else if (strcmp(a, "--token-file") == 0) {
             token_file = val;
+        } else if (strcmp(a, "--boot-file") == 0) {
+            boot_file = val;
         } else if (strcmp(a, "--listen") == 0) {
             host = val;
         } else if (strcmp(a, "--max-body-mb") == 0 && parse_uint(val, 1 << 20, &max_body_mb) &&
@@ -141,7 +195,9 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    srv.env = child_env();
+    if (boot_file != NULL && read_boot(boot_file, &srv.token) != 0)
+        return 1;
+    srv.env = sg__envd_child_env();
     if (srv.env == NULL)
         return 1;
     /* files and folders envd creates for users: 0644 / 0755, as E2B sandboxes have */

@@ -2,6 +2,8 @@
  * envd's HTTP front: one h2o handler that authenticates, picks the user and dispatches to the
  * process service, the filesystem service or /files; plus the Connect server-stream object.
  *
+ * Started with --await-init (the node's warm pool), envd answers only /health and the one POST
+ * /init that brings the sandbox's env vars and token, 503 to anything else until then.
  * Auth: every path but /health needs the access token (X-Access-Token, constant-time compare)
  * when envd was given one; /files also accepts E2B's signed URLs (signature[_expiration]).
  * The user comes from `Authorization: Basic base64("<user>:")`, else the `username` query
@@ -529,6 +531,65 @@ static void handle_rpc(sg__server_t *srv, h2o_req_t *req, bool is_process, const
     json_decref(body);
 }
 
+/* POST /init, once, from the node that started this envd ahead of its sandbox: the request's env
+ * vars become envd's own (the default of every process it starts) and its access token takes
+ * effect. Answered 404 once done, so nothing inside the sandbox can re-initialise envd. */
+static void handle_init(sg__server_t *srv, h2o_req_t *req)
+{
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
+        sg_http_error(req, 405, "method not allowed");
+        return;
+    }
+    size_t len;
+    const char *v = sg_http_header(req, "x-sandgate-init-key", &len);
+    char *key = v ? h2o_mem_alloc_pool(&req->pool, len + 1) : NULL;
+    if (key != NULL) {
+        memcpy(key, v, len);
+        key[len] = '\0';
+    }
+    if (key == NULL || !sg_ct_streq(key, srv->init_key)) {
+        sg_http_error(req, 401, "invalid init key");
+        return;
+    }
+    json_error_t jerr;
+    json_t *o = req->entity.base ? json_loadb(req->entity.base, req->entity.len, 0, &jerr) : NULL;
+    json_t *envs = json_object_get(o, "envVars"), *tok = json_object_get(o, "accessToken");
+    const char *k;
+    json_t *val;
+    bool ok = json_is_object(o) && (envs == NULL || json_is_object(envs)) &&
+              (tok == NULL || json_is_null(tok) || json_is_string(tok));
+    json_object_foreach(envs, k, val) {
+        if (!json_is_string(val) || k[0] == '\0' || strchr(k, '=') != NULL)
+            ok = false;
+    }
+    if (!ok) {
+        json_decref(o);
+        sg_http_error(req, 400, "init body must be {\"envVars\":{name:string},\"accessToken\":string|null}");
+        return;
+    }
+    json_object_foreach(envs, k, val) setenv(k, json_string_value(val), 1);
+    char **env = sg__envd_child_env();
+    char *token = json_is_string(tok) && json_string_length(tok) > 0 ? strdup(json_string_value(tok)) : NULL;
+    json_decref(o);
+    if (env == NULL || (json_is_string(tok) && json_string_length(tok) > 0 && token == NULL)) {
+        free(token);
+        sg_http_error(req, 500, "out of memory");
+        return;
+    }
+    for (char **e = srv->env; e && *e; e++)
+        free(*e);
+    free(srv->env);
+    srv->env = env;
+    srv->token = token;
+    explicit_bzero(srv->init_key, strlen(srv->init_key));
+    free(srv->init_key);
+    srv->init_key = NULL;
+    sg_log(SG_LOG_INFO, "envd initialised", SG_LI("secure", token != NULL));
+    req->res.status = 204;
+    req->res.reason = "No Content";
+    h2o_send_inline(req, "", 0);
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     sg__server_t *srv = ((envd_handler_t *)self)->srv;
@@ -537,6 +598,13 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         req->res.status = 204;
         req->res.reason = "No Content";
         h2o_send_inline(req, "", 0);
+        return 0;
+    }
+    if (srv->init_key != NULL) {
+        if (h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/init")))
+            handle_init(srv, req);
+        else
+            sg_http_error(req, 503, "envd is not initialised yet");
         return 0;
     }
     if (h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/files"))) {

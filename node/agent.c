@@ -2,7 +2,8 @@
  * The node agent's core: the sandbox table, the create and delete state machines, rediscovery
  * after a restart, end-of-life expiry, node usage sampling and the child reaper.
  *
- * A sandbox's files live in <state_dir>/sandboxes/<id>/: meta.json (what the create request set;
+ * A sandbox's files live in <state_dir>/sandboxes/<cid>/ (cid = its container's name: the sandbox
+ * id, or w-<hex> when it came from the warm pool): meta.json (what the create request set;
  * rewritten atomically), config.json + rootfs/ (the OCI bundle; rootfs is an overlay of the
  * template over upper/ and work/), init.pid, console.log. meta.json exists before any other
  * resource is taken, so a restart finds everything an interrupted create left behind and the
@@ -10,7 +11,17 @@
  *
  * Create: folders/meta/upper files/overlay/config.json on the thread pool -> runtime run (create
  * + start in one runc process) -> veth into the new netns (netlink) -> egress set (nft, only with
- * internet) -> poll envd GET /health -> 201. Any failure deletes what was taken. Delete:
+ * internet) -> poll envd GET /health -> 201. Any failure deletes what was taken.
+ *
+ * Warm pool: runc and envd's own start cost ~100 ms of a create here, so per warm template the
+ * agent keeps up to warm_pool containers running ahead (same steps; envd started with
+ * --await-init and a per-container key, answering only /health and /init), refilled on the tick
+ * through the runtime's background queue. A create that finds one claims it: meta.json and host
+ * files written into its mounted root, cgroup limits and host name set (thread pool) -> egress
+ * set -> envd POST /init with the request's env vars and token -> 201. Nothing of a request is in
+ * a container before its claim, so pool entries are interchangeable; they are not sandboxes (not
+ * listed, not
+ * counted), and an agent restart removes them and builds new ones. Delete:
  * runtime delete -> veth -> egress set -> unmount and remove files on the thread pool -> free
  * the address. The agent is a child subreaper: container inits left by `runc create` become its
  * children; a SIGCHLD sweep reaps every zombie child that is not a libuv process handle's.
@@ -37,6 +48,8 @@
 
 #define HEALTH_TIMEOUT_MS 20000
 #define TICK_MS 250
+#define WARM_INFLIGHT 2       /* pool containers being created at once (runc runs one per CPU) */
+#define WARM_RETRY_MS 5000    /* pause after a pool container failed, so a broken template idles */
 
 typedef struct sg__create_op {
     sg__node_t *n;
@@ -56,7 +69,11 @@ typedef struct sg__create_op {
     /* file preparation on the thread pool */
     uv_work_t work;
     char *config; /* config.json text, built on the loop (jansson objects stay on one thread) */
-    char *token;  /* envd access token, wiped and freed once written */
+    char *boot;   /* boot file text (env vars, envd token): wiped and freed once written */
+    bool warm;    /* filling the warm pool: nobody waits, no boot file; ends once envd answers */
+    bool claimed; /* took a warm container: its envd runs and waits for POST /init */
+    char *hreq;   /* the request sent to envd instead of GET /health (POST /init), wiped */
+    bool answered; /* envd sent a status line */
     const char *why;
     int prep_status;
 } create_op_t;
@@ -125,7 +142,8 @@ static bool pid_alive(int pid)
 
 static int write_meta(sg__sbx_t *s)
 {
-    json_t *o = json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:I,s:I,s:b,s:s,s:s}", "sandboxID", s->id,
+    json_t *o = json_pack("{s:s,s:s,s:b,s:s,s:s,s:i,s:i,s:i,s:I,s:I,s:b,s:s,s:s}", "sandboxID",
+                          s->id, "containerID", s->cid, "warm", s->warm,
                           "teamID", s->team, "templateID", s->tmpl, "vcpu", s->vcpu, "memoryMB",
                           s->memory_mb, "diskMB", s->disk_mb, "startedAtMs",
                           (json_int_t)s->started_ms, "endAtMs", (json_int_t)s->end_ms, "internet",
@@ -210,24 +228,55 @@ json_t *sg__node_info_json(sg__node_t *n)
     json_t *labels = json_object();
     for (size_t i = 0; i < n->cfg->nlabels; i++)
         json_object_set_new(labels, n->cfg->labels[i].key, json_string(n->cfg->labels[i].value));
-    return json_pack("{s:s,s:s,s:{s:i,s:i,s:i},s:{s:i,s:i,s:i},s:{s:f,s:i},s:o,s:o,s:s,s:s}",
+    int ready = 0, starting = 0;
+    for (sg__sbx_t *s = n->warm; s; s = s->next) {
+        ready += s->state == SBX_WARM;
+        starting += s->state == SBX_WARMING;
+    }
+    return json_pack("{s:s,s:s,s:{s:i,s:i,s:i},s:{s:i,s:i,s:i},s:{s:f,s:i},s:o,s:o,s:s,s:s,s:{s:i,s:i}}",
                      "nodeID", n->cfg->id, "status", n->draining ? "draining" : "ready",
                      "capacity", "vcpu", n->cap_vcpu, "memoryMB", n->cap_mem_mb, "sandboxes",
                      n->cap_sandboxes, "allocated", "vcpu", v, "memoryMB", m, "sandboxes", c,
                      "usage", "cpuPct", n->usage_cpu_pct, "memUsedMB", (int)n->usage_mem_mb,
                      "templates", templates_json(n), "labels", labels, "agentVersion",
-                     SG_NODE_VERSION, "envdVersion", n->envd_version);
+                     SG_NODE_VERSION, "envdVersion", n->envd_version, "warmPool", "ready", ready,
+                     "starting", starting);
 }
 
 /* ---- create ----------------------------------------------------------------------------------- */
 
-static sg__sbx_t *sbx_new(sg__node_t *n, const char *id)
+static void link_sbx(sg__node_t *n, sg__sbx_t *s, bool warm)
+{
+    s->warm = warm;
+    if (warm) {
+        s->next = n->warm;
+        n->warm = s;
+    } else {
+        s->next = n->sandboxes;
+        n->sandboxes = s;
+        n->nsandboxes++;
+    }
+}
+
+static void unlink_sbx(sg__node_t *n, sg__sbx_t *s)
+{
+    for (sg__sbx_t **pp = s->warm ? &n->warm : &n->sandboxes; *pp; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    if (!s->warm)
+        n->nsandboxes--;
+}
+
+/* A sandbox (warm = false) or warm pool entry (true) whose container and folder are named cid. */
+static sg__sbx_t *sbx_new(sg__node_t *n, const char *id, const char *cid, bool warm)
 {
     sg__sbx_t *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return NULL;
     char sub[128];
-    snprintf(sub, sizeof(sub), "sandboxes/%s", id);
+    snprintf(sub, sizeof(sub), "sandboxes/%s", cid);
     s->dir = path_join(n->state_dir, sub);
     if (s->dir == NULL) {
         free(s);
@@ -235,9 +284,8 @@ static sg__sbx_t *sbx_new(sg__node_t *n, const char *id)
     }
     s->node = n;
     snprintf(s->id, sizeof(s->id), "%s", id);
-    s->next = n->sandboxes;
-    n->sandboxes = s;
-    n->nsandboxes++;
+    snprintf(s->cid, sizeof(s->cid), "%s", cid);
+    link_sbx(n, s, warm);
     return s;
 }
 
@@ -274,7 +322,16 @@ static void create_finish(create_op_t *op, int status, json_t *body)
 {
     if (op->s != NULL)
         op->s->op = NULL;
-    op->cb(op->data, status, body);
+    if (op->hreq != NULL) {
+        explicit_bzero(op->hreq, strlen(op->hreq));
+        free(op->hreq);
+        op->hreq = NULL;
+    }
+    if (op->cb != NULL) {
+        op->cb(op->data, status, body); /* takes body */
+    } else {
+        json_decref(body);
+    }
     if (op->log_fd >= 0)
         close(op->log_fd);
     uv_close((uv_handle_t *)&op->timer, on_op_timer_closed);
@@ -294,8 +351,10 @@ static void create_fail(create_op_t *op, int status, const char *msg)
         tail[k] = '\0';
         fclose(f);
     }
-    sg_log(SG_LOG_ERROR, "sandbox create failed", SG_LS("sandbox", s->id), SG_LS("err", msg),
-           SG_LS("console", tail));
+    sg_log(SG_LOG_ERROR, op->warm ? "warm container create failed" : "sandbox create failed",
+           SG_LS("sandbox", s->id), SG_LS("err", msg), SG_LS("console", tail));
+    if (op->warm)
+        s->node->warm_retry_ms = sg_now_ms() + WARM_RETRY_MS;
     json_t *body = json_pack("{s:i,s:s}", "code", status, "message", msg);
     create_finish(op, status, body);
     s->state = SBX_STOPPED;
@@ -315,6 +374,13 @@ static void on_health_closed(uv_handle_t *h)
             create_fail(op, 500, "sandbox deleted while starting");
             return;
         }
+        if (op->warm) {
+            s->state = SBX_WARM;
+            sg_log(SG_LOG_DEBUG, "warm container ready", SG_LS("container", s->cid),
+                   SG_LS("template", s->tmpl), SG_LD("ms", (double)(sg_mono_ns() - op->t0) / 1e6));
+            create_finish(op, 0, NULL);
+            return;
+        }
         s->state = SBX_RUNNING;
         sg_log(SG_LOG_INFO, "sandbox started", SG_LS("sandbox", s->id), SG_LS("address", s->addr),
                SG_LD("ms", (double)(sg_mono_ns() - op->t0) / 1e6),
@@ -331,6 +397,10 @@ static void on_health_closed(uv_handle_t *h)
     }
     if (op->s->delete_requested) {
         create_fail(op, 500, "sandbox deleted while starting");
+        return;
+    }
+    if (op->claimed && op->answered) { /* POST /init is not repeated: envd said no */
+        create_fail(op, 500, "envd refused its initialisation");
         return;
     }
     if ((sg_mono_ns() - op->t0) / 1000000 > HEALTH_TIMEOUT_MS) {
@@ -359,7 +429,8 @@ static void on_health_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         op->rlen += (size_t)nread;
     if (nread < 0 || op->rlen >= 12) {
         op->rbuf[op->rlen] = '\0';
-        op->healthy = op->rlen >= 12 && strncmp(op->rbuf, "HTTP/1.", 7) == 0 && op->rbuf[9] == '2';
+        op->answered = op->rlen >= 12 && strncmp(op->rbuf, "HTTP/1.", 7) == 0;
+        op->healthy = op->answered && op->rbuf[9] == '2';
         uv_read_stop(st);
         if (!uv_is_closing((uv_handle_t *)st))
             uv_close((uv_handle_t *)st, on_health_closed);
@@ -383,7 +454,8 @@ static void on_health_connect(uv_connect_t *c, int status)
     }
     uv_timer_start(&op->timer, on_health_attempt_timeout, 2000, 0); /* connected: allow for a busy envd */
     static const char req[] = "GET /health HTTP/1.1\r\nHost: sandbox\r\nConnection: close\r\n\r\n";
-    uv_buf_t b = uv_buf_init((char *)req, sizeof(req) - 1);
+    uv_buf_t b = op->hreq ? uv_buf_init(op->hreq, (unsigned)strlen(op->hreq))
+                          : uv_buf_init((char *)req, sizeof(req) - 1);
     op->wr.data = op;
     if (uv_write(&op->wr, (uv_stream_t *)&op->tcp, &b, 1, on_health_written) != 0 ||
         uv_read_start((uv_stream_t *)&op->tcp, on_health_alloc, on_health_read) != 0) {
@@ -408,7 +480,7 @@ static void health_try(create_op_t *op)
     struct sockaddr_in sa;
     uv_ip4_addr(op->s->addr, SG_ENVD_PORT, &sa);
     op->rlen = 0;
-    op->healthy = false;
+    op->healthy = op->answered = false;
     uv_tcp_init(op->n->loop, &op->tcp);
     op->tcp.data = op;
     op->conn.data = op;
@@ -438,7 +510,7 @@ static void after_net(create_op_t *op)
         create_fail(op, 500, "sandbox deleted while starting");
         return;
     }
-    if (op->n->rt->run != NULL) {
+    if (op->claimed || op->n->rt->run != NULL) {
         op->t_started = sg_mono_ns();
         op->delay_ms = 1;
         health_try(op);
@@ -498,6 +570,15 @@ static void on_rt_created(void *data, int status, const char *err)
     after_net(op);
 }
 
+static void wipe_boot(create_op_t *op)
+{
+    if (op->boot != NULL) {
+        explicit_bzero(op->boot, strlen(op->boot));
+        free(op->boot);
+        op->boot = NULL;
+    }
+}
+
 /* Thread pool: the sandbox's folders, meta.json, upper-layer files, overlay mount, config.json and
  * console.log (local file system work kept off the loop). Touches only s's immutable fields. */
 static void prep_work(uv_work_t *w)
@@ -510,7 +591,7 @@ static void prep_work(uv_work_t *w)
     if (mkdir_p(s->dir, 0700) != 0 || write_meta(s) != 0)
         return;
     snprintf(p, sizeof(p), "%s/upper", s->dir);
-    if ((mkdir(p, 0755) != 0 && errno != EEXIST) || sg__oci_prepare_upper(s, p, op->token) != 0)
+    if ((mkdir(p, 0755) != 0 && errno != EEXIST) || sg__oci_write_files(s, p, op->boot) != 0)
         return;
     snprintf(p, sizeof(p), "%s/work", s->dir);
     if (mkdir(p, 0700) != 0 && errno != EEXIST)
@@ -540,11 +621,7 @@ static void prep_done(uv_work_t *w, int status)
     create_op_t *op = w->data;
     sg__sbx_t *s = op->s;
     sg__node_t *n = op->n;
-    if (op->token != NULL) {
-        explicit_bzero(op->token, strlen(op->token));
-        free(op->token);
-        op->token = NULL;
-    }
+    wipe_boot(op);
     free(op->config);
     op->config = NULL;
     if (status != 0 || op->prep_status != 0) {
@@ -559,10 +636,108 @@ static void prep_done(uv_work_t *w, int status)
     snprintf(pidfile, sizeof(pidfile), "%s/init.pid", s->dir);
     op->t_prep = sg_mono_ns();
     int r = n->rt->run != NULL
-                ? n->rt->run(n->rt, s->id, s->dir, pidfile, op->log_fd, on_rt_created, op)
-                : n->rt->create(n->rt, s->id, s->dir, pidfile, op->log_fd, on_rt_created, op);
+                ? n->rt->run(n->rt, s->cid, s->dir, pidfile, op->log_fd, op->warm, on_rt_created, op)
+                : n->rt->create(n->rt, s->cid, s->dir, pidfile, op->log_fd, op->warm, on_rt_created,
+                                op);
     if (r != 0)
         create_fail(op, 500, "runtime create failed");
+}
+
+/* Thread pool: a warm container becomes the sandbox: meta.json, host files into its mounted root,
+ * its limits and host name (envd's POST /init follows, on the loop). Touches only s's immutable
+ * fields. */
+static void claim_work(uv_work_t *w)
+{
+    create_op_t *op = w->data;
+    sg__sbx_t *s = op->s;
+    sg__runtime_t *rt = op->n->rt;
+    char p[4096], cg[256];
+    op->prep_status = SG_EIO;
+    op->why = "cannot prepare the sandbox's files";
+    snprintf(p, sizeof(p), "%s/rootfs", s->dir);
+    if (write_meta(s) != 0 || sg__oci_write_files(s, p, NULL) != 0)
+        return;
+    op->why = "cannot set the sandbox's limits";
+    snprintf(cg, sizeof(cg), "%s/%s", op->n->cgroup_parent, s->cid);
+    if (rt->limit(rt, cg, s->vcpu, s->memory_mb) != 0)
+        return;
+    op->why = "cannot set the sandbox's host name";
+    if (rt->set_hostname(rt, s->pid, s->id) != 0)
+        return;
+    op->prep_status = 0;
+}
+
+static void claim_done(uv_work_t *w, int status)
+{
+    create_op_t *op = w->data;
+    wipe_boot(op);
+    if (status != 0 || op->prep_status != 0) {
+        create_fail(op, 500, status != 0 ? "sandbox preparation canceled" : op->why);
+        return;
+    }
+    if (op->s->delete_requested) {
+        create_fail(op, 500, "sandbox deleted while starting");
+        return;
+    }
+    op->t_prep = op->t_created = op->t_net = sg_mono_ns();
+    if (op->s->internet) {
+        if (sg__net_set_internet(op->n, op->s, true, on_nft_added, op) != 0)
+            create_fail(op, 500, "cannot allow egress for the sandbox (nft)");
+        return;
+    }
+    after_net(op);
+}
+
+/* A ready warm container of template tmpl whose init still waits, or NULL. Dead ones are
+ * removed on the way. */
+static sg__sbx_t *warm_take(sg__node_t *n, const char *tmpl)
+{
+    for (sg__sbx_t *s = n->warm, *next; s; s = next) {
+        next = s->next;
+        if (s->state != SBX_WARM || strcmp(s->tmpl, tmpl) != 0)
+            continue;
+        if (!pid_alive(s->pid)) {
+            sg_log(SG_LOG_WARN, "warm container died; removing", SG_LS("container", s->cid));
+            s->state = SBX_STOPPED;
+            sg__sbx_delete(n, s);
+            continue;
+        }
+        unlink_sbx(n, s);
+        link_sbx(n, s, false);
+        return s;
+    }
+    return NULL;
+}
+
+static create_op_t *op_new(sg__node_t *n, sg__sbx_t *s, sg__create_done_cb cb, void *data)
+{
+    create_op_t *op = calloc(1, sizeof(*op));
+    if (op == NULL)
+        return NULL;
+    op->n = n;
+    op->s = s;
+    op->cb = cb;
+    op->data = data;
+    op->t0 = sg_mono_ns();
+    op->log_fd = -1;
+    op->work.data = op;
+    uv_timer_init(n->loop, &op->timer);
+    op->timer.data = op;
+    s->op = op;
+    return op;
+}
+
+/* The op could not be queued: undo it and take the sandbox down. */
+static void op_abort(create_op_t *op)
+{
+    sg__node_t *n = op->n;
+    sg__sbx_t *s = op->s;
+    free(op->config);
+    wipe_boot(op);
+    s->op = NULL;
+    uv_close((uv_handle_t *)&op->timer, on_op_timer_closed);
+    s->state = SBX_STOPPED;
+    sg__sbx_delete(n, s);
 }
 
 int sg__sbx_create(sg__node_t *n, sg__create_req_t *req, sg__create_done_cb cb, void *data,
@@ -585,30 +760,62 @@ int sg__sbx_create(sg__node_t *n, sg__create_req_t *req, sg__create_done_cb cb, 
         snprintf(err, errlen, "node has no room: %s", room);
         return SG_ENOROOM;
     }
-    char tp[4096];
-    struct stat st;
-    snprintf(tp, sizeof(tp), "%s/%s/rootfs", n->templates_dir, req->tmpl);
-    if (stat(tp, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        *status = 404;
-        snprintf(err, errlen, "template \"%s\" not found on this node", req->tmpl);
-        return SG_ENOTFOUND;
+    *status = 500;
+    snprintf(err, errlen, "cannot prepare the sandbox");
+    sg__sbx_t *s = n->rt->set_hostname != NULL ? warm_take(n, req->tmpl) : NULL;
+    /* The request's env vars and envd token: a boot file for a new container, POST /init for
+     * a warm one (its envd already runs). */
+    json_t *boot = s ? json_pack("{s:O?,s:s?}", "envVars", req->env, "accessToken", req->token)
+                     : json_pack("{s:O?,s:s?}", "env", req->env, "token", req->token);
+    char *boot_text = boot ? json_dumps(boot, JSON_COMPACT) : NULL;
+    json_decref(boot);
+    if (s != NULL && boot_text != NULL) {
+        static const char head[] = "POST /init HTTP/1.1\r\nHost: sandbox\r\nConnection: close\r\n"
+                                   "Content-Type: application/json\r\nX-Sandgate-Init-Key: %s\r\n"
+                                   "Content-Length: %zu\r\n\r\n%s";
+        size_t blen = strlen(boot_text), cap = sizeof(head) + sizeof(s->init_key) + 24 + blen;
+        char *init = malloc(cap);
+        if (init != NULL)
+            snprintf(init, cap, head, s->init_key, blen, boot_text);
+        explicit_bzero(boot_text, blen);
+        free(boot_text);
+        boot_text = init;
     }
-    int idx = sg__addrpool_alloc(&n->pool);
-    if (idx < 0) {
-        *status = 429;
-        snprintf(err, errlen, "node has no room: no sandbox addresses left");
-        return SG_ENOROOM;
-    }
-    create_op_t *op = calloc(1, sizeof(*op));
-    sg__sbx_t *s = op ? sbx_new(n, req->id) : NULL;
-    if (s == NULL) {
-        free(op);
-        sg__addrpool_release(&n->pool, (uint32_t)idx);
-        *status = 500;
-        snprintf(err, errlen, "out of memory");
+    if (boot_text == NULL) {
+        if (s != NULL) { /* back to the pool's head: it is still good */
+            unlink_sbx(n, s);
+            link_sbx(n, s, true);
+        }
         return SG_ENOMEM;
     }
-    set_addr(n, s, (uint32_t)idx);
+    if (s == NULL) {
+        char tp[4096];
+        struct stat st;
+        snprintf(tp, sizeof(tp), "%s/%s/rootfs", n->templates_dir, req->tmpl);
+        if (stat(tp, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            *status = 404;
+            snprintf(err, errlen, "template \"%s\" not found on this node", req->tmpl);
+            free(boot_text);
+            return SG_ENOTFOUND;
+        }
+        int idx = sg__addrpool_alloc(&n->pool);
+        if (idx < 0) {
+            *status = 429;
+            snprintf(err, errlen, "node has no room: no sandbox addresses left");
+            free(boot_text);
+            return SG_ENOROOM;
+        }
+        s = sbx_new(n, req->id, req->id, false);
+        if (s == NULL) {
+            sg__addrpool_release(&n->pool, (uint32_t)idx);
+            free(boot_text);
+            return SG_ENOMEM;
+        }
+        set_addr(n, s, (uint32_t)idx);
+    } else {
+        snprintf(s->id, sizeof(s->id), "%s", req->id);
+    }
+    bool claimed = s->state == SBX_WARM;
     snprintf(s->team, sizeof(s->team), "%s", req->team);
     snprintf(s->tmpl, sizeof(s->tmpl), "%s", req->tmpl);
     s->vcpu = req->vcpu;
@@ -618,33 +825,109 @@ int sg__sbx_create(sg__node_t *n, sg__create_req_t *req, sg__create_done_cb cb, 
     s->started_ms = sg_now_ms();
     s->internet = req->internet;
     s->state = SBX_CREATING;
-    s->op = op;
-    op->n = n;
-    op->s = s;
-    op->cb = cb;
-    op->data = data;
-    op->t0 = sg_mono_ns();
-    op->log_fd = -1;
-    uv_timer_init(n->loop, &op->timer);
-    op->timer.data = op;
-    json_t *cfg = sg__oci_config(n, s, req->env, req->token != NULL);
-    op->config = cfg ? json_dumps(cfg, JSON_COMPACT) : NULL;
-    json_decref(cfg);
-    op->token = req->token ? strdup(req->token) : NULL;
-    op->work.data = op;
-    if (op->config == NULL || (req->token && op->token == NULL) ||
-        uv_queue_work(n->loop, &op->work, prep_work, prep_done) != 0) {
-        free(op->config);
-        free(op->token);
-        s->op = NULL;
-        uv_close((uv_handle_t *)&op->timer, on_op_timer_closed);
+    create_op_t *op = op_new(n, s, cb, data);
+    if (op == NULL) {
+        free(boot_text);
         s->state = SBX_STOPPED;
         sg__sbx_delete(n, s);
-        *status = 500;
-        snprintf(err, errlen, "cannot prepare the sandbox");
+        return SG_ENOMEM;
+    }
+    if (claimed)
+        op->hreq = boot_text;
+    else
+        op->boot = boot_text;
+    op->claimed = claimed;
+    if (!claimed) {
+        json_t *cfg = sg__oci_config(n, s);
+        op->config = cfg ? json_dumps(cfg, JSON_COMPACT) : NULL;
+        json_decref(cfg);
+    }
+    if ((!claimed && op->config == NULL) ||
+        uv_queue_work(n->loop, &op->work, claimed ? claim_work : prep_work,
+                      claimed ? claim_done : prep_done) != 0) {
+        op_abort(op);
         return SG_EIO;
     }
     return 0;
+}
+
+/* ---- warm pool ---------------------------------------------------------------------------- */
+
+static int warm_create(sg__node_t *n, const char *tmpl)
+{
+    uint8_t r[6];
+    char cid[2 + 2 * sizeof(r) + 1] = "w-";
+    uint8_t key[16];
+    if (sg_rand_bytes(r, sizeof(r)) != 0 || sg_rand_bytes(key, sizeof(key)) != 0)
+        return SG_EIO;
+    sg_hex_encode(r, sizeof(r), cid + 2);
+    int idx = sg__addrpool_alloc(&n->pool);
+    if (idx < 0)
+        return SG_ENOROOM;
+    sg__sbx_t *s = sbx_new(n, cid, cid, true);
+    if (s == NULL) {
+        sg__addrpool_release(&n->pool, (uint32_t)idx);
+        return SG_ENOMEM;
+    }
+    set_addr(n, s, (uint32_t)idx);
+    sg_hex_encode(key, sizeof(key), s->init_key);
+    snprintf(s->tmpl, sizeof(s->tmpl), "%s", tmpl);
+    /* Sizes until the claim sets the request's; end far away (the tick never expires these). */
+    s->vcpu = 1;
+    s->memory_mb = 512;
+    s->end_ms = INT64_MAX / 2;
+    s->state = SBX_WARMING;
+    create_op_t *op = op_new(n, s, NULL, NULL);
+    if (op == NULL) {
+        s->state = SBX_STOPPED;
+        sg__sbx_delete(n, s);
+        return SG_ENOMEM;
+    }
+    op->warm = true;
+    json_t *cfg = sg__oci_config(n, s);
+    op->config = cfg ? json_dumps(cfg, JSON_COMPACT) : NULL;
+    json_decref(cfg);
+    if (op->config == NULL || uv_queue_work(n->loop, &op->work, prep_work, prep_done) != 0) {
+        op_abort(op);
+        return SG_EIO;
+    }
+    return 0;
+}
+
+/* On the tick: tops the pool up, a few containers at a time, in the runtime's background queue
+ * (behind any start someone waits for and any teardown). */
+static void warm_fill(sg__node_t *n)
+{
+    const sg_node_config_t *cfg = n->cfg;
+    if (n->rt->set_hostname == NULL || cfg->warm_pool <= 0 || n->draining ||
+        sg_now_ms() < n->warm_retry_ms)
+        return;
+    int inflight = 0;
+    for (sg__sbx_t *s = n->warm; s; s = s->next)
+        inflight += s->state == SBX_WARMING;
+    static const char *const dflt[] = {"base"};
+    const char *const *tmpls = cfg->nwarm_templates ? (const char *const *)cfg->warm_templates : dflt;
+    size_t ntmpl = cfg->nwarm_templates ? cfg->nwarm_templates : 1;
+    for (size_t i = 0; i < ntmpl && inflight < WARM_INFLIGHT; i++) {
+        if (!sg__valid_template_id(tmpls[i], strlen(tmpls[i])))
+            continue;
+        int have = 0;
+        for (sg__sbx_t *s = n->warm; s; s = s->next)
+            have += (s->state == SBX_WARMING || s->state == SBX_WARM) &&
+                    strcmp(s->tmpl, tmpls[i]) == 0;
+        if (have >= cfg->warm_pool)
+            continue;
+        char tp[4096];
+        struct stat st;
+        snprintf(tp, sizeof(tp), "%s/%s/rootfs", n->templates_dir, tmpls[i]);
+        if (stat(tp, &st) != 0 || !S_ISDIR(st.st_mode))
+            continue;
+        for (; have < cfg->warm_pool && inflight < WARM_INFLIGHT; have++, inflight++)
+            if (warm_create(n, tmpls[i]) != 0) {
+                n->warm_retry_ms = sg_now_ms() + WARM_RETRY_MS;
+                return;
+            }
+    }
 }
 
 /* ---- delete ----------------------------------------------------------------------------------- */
@@ -669,12 +952,7 @@ static void rm_files(uv_work_t *w)
 static void sbx_free(sg__sbx_t *s)
 {
     sg__node_t *n = s->node;
-    for (sg__sbx_t **pp = &n->sandboxes; *pp; pp = &(*pp)->next)
-        if (*pp == s) {
-            *pp = s->next;
-            break;
-        }
-    n->nsandboxes--;
+    unlink_sbx(n, s);
     if (s->addr[0])
         sg__addrpool_release(&n->pool, s->addr_idx);
     free(s->dir);
@@ -734,7 +1012,7 @@ int sg__sbx_delete(sg__node_t *n, sg__sbx_t *s)
         return 0;
     }
     s->state = SBX_DELETING;
-    if (n->rt->delete(n->rt, s->id, on_rt_deleted, s) != 0)
+    if (n->rt->delete(n->rt, s->cid, on_rt_deleted, s) != 0)
         sbx_delete_step(s);
     return 0;
 }
@@ -760,7 +1038,7 @@ static int du_entry(const char *p, const struct stat *st, int flag, struct FTW *
 int sg__sbx_metrics(sg__node_t *n, sg__sbx_t *s, json_t **out)
 {
     char cg[256];
-    snprintf(cg, sizeof(cg), "%s/%s", n->cgroup_parent, s->id);
+    snprintf(cg, sizeof(cg), "%s/%s", n->cgroup_parent, s->cid);
     sg__rt_stats_t st;
     if (n->rt->stats(n->rt, cg, &st) != 0)
         memset(&st, 0, sizeof(st));
@@ -800,14 +1078,23 @@ static void rediscover(sg__node_t *n)
         return;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        if (!sg__valid_sandbox_id(e->d_name, strlen(e->d_name)))
+        /* Folder names are sandbox ids or warm containers' w-<hex> (never a sandbox id: no '-'). */
+        const char *name = e->d_name;
+        bool wname = strncmp(name, "w-", 2) == 0 && sg__valid_sandbox_id(name + 2, strlen(name + 2));
+        if (!wname && !sg__valid_sandbox_id(name, strlen(name)))
             continue;
-        sg__sbx_t *s = sbx_new(n, e->d_name);
-        if (s == NULL)
+        char mp[4096 + 300];
+        snprintf(mp, sizeof(mp), "%s/%s/meta.json", sd, name);
+        json_t *m = json_load_file(mp, 0, NULL);
+        const char *id = json_string_value(json_object_get(m, "sandboxID"));
+        bool warm = json_is_true(json_object_get(m, "warm")) || (wname && m == NULL);
+        if (id == NULL || !sg__valid_sandbox_id(id, strlen(id)) || warm)
+            id = name;
+        sg__sbx_t *s = sbx_new(n, id, name, warm);
+        if (s == NULL) {
+            json_decref(m);
             break;
-        char *mp = path_join(s->dir, "meta.json");
-        json_t *m = mp ? json_load_file(mp, 0, NULL) : NULL;
-        free(mp);
+        }
         const char *addr = json_string_value(json_object_get(m, "address"));
         int idx = addr ? sg__addrpool_index(&n->pool, addr) : -1;
         if (idx >= 0 && sg__addrpool_take(&n->pool, (uint32_t)idx) == 0)
@@ -825,7 +1112,9 @@ static void rediscover(sg__node_t *n)
         s->internet = json_is_true(json_object_get(m, "internet"));
         json_decref(m);
         int pid = 0;
-        int alive = n->rt->probe(n->rt, s->id, &pid);
+        /* created-but-not-started is an interrupted create or claim, and any warm container
+         * goes: the new pool is built from scratch. */
+        int alive = warm ? 0 : n->rt->probe(n->rt, s->cid, &pid);
         if (alive == 1 && s->addr[0] && pid_alive(pid)) {
             s->pid = pid;
             s->state = SBX_RUNNING;
@@ -894,6 +1183,7 @@ static void on_tick(uv_timer_t *t)
     }
     if (ticks++ % (1000 / TICK_MS) == 0)
         sample_usage(n);
+    warm_fill(n);
 }
 
 static void walk_pid(uv_handle_t *h, void *arg)
@@ -1078,6 +1368,10 @@ int sg_node_run(const sg_node_config_t *cfg)
         next = s->next;
         if (s->state == SBX_STOPPED)
             sg__sbx_delete(n, s);
+    }
+    for (sg__sbx_t *s = n->warm, *next; s; s = next) { /* the previous agent's pool */
+        next = s->next;
+        sg__sbx_delete(n, s);
     }
     uv_timer_init(&loop, &n->tick);
     n->tick.data = n;

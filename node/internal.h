@@ -20,7 +20,15 @@ struct st_h2o_req_t;
 typedef struct sg__node sg__node_t;
 typedef struct sg__sbx sg__sbx_t;
 
-typedef enum { SBX_CREATING, SBX_RUNNING, SBX_STOPPED, SBX_DELETING } sg__sbx_state_t;
+/* WARMING/WARM: a pre-created container of the warm pool (n->warm), not yet any sandbox. */
+typedef enum {
+    SBX_CREATING,
+    SBX_RUNNING,
+    SBX_STOPPED,
+    SBX_DELETING,
+    SBX_WARMING,
+    SBX_WARM
+} sg__sbx_state_t;
 
 /* ---- validated create request (pure, unit-tested) -------------------------------------------- */
 typedef struct {
@@ -124,20 +132,27 @@ typedef struct sg__runtime {
     const char *name;
     /* create: prepares the container from a bundle; start: runs its first process. kill: sends
      * signal; delete: forced removal. Each completes through cb exactly once (never inside the
-     * call) unless it returns an error. */
+     * call) unless it returns an error. background: nobody waits (the warm pool): it runs only
+     * when no other operation is queued. */
     int (*create)(struct sg__runtime *rt, const char *id, const char *bundle, const char *pidfile,
-                  int log_fd, sg__rt_cb cb, void *data);
+                  int log_fd, bool background, sg__rt_cb cb, void *data);
     int (*start)(struct sg__runtime *rt, const char *id, sg__rt_cb cb, void *data);
     /* create + start in one step (one runtime process instead of two); the first process runs
      * before the caller has touched the container (its network comes up after it starts). */
     int (*run)(struct sg__runtime *rt, const char *id, const char *bundle, const char *pidfile,
-               int log_fd, sg__rt_cb cb, void *data);
+               int log_fd, bool background, sg__rt_cb cb, void *data);
     int (*kill)(struct sg__runtime *rt, const char *id, int sig, sg__rt_cb cb, void *data);
     int (*delete)(struct sg__runtime *rt, const char *id, sg__rt_cb cb, void *data);
     /* Synchronous: reads the container's cgroup files (small procfs/sysfs reads). */
     int (*stats)(struct sg__runtime *rt, const char *cgroup, sg__rt_stats_t *out);
-    /* Synchronous, start-up only (before the loop runs): 1 running/created, 0 gone/stopped. */
+    /* Synchronous, start-up only (before the loop runs): 1 running, 2 created (first process not
+     * started), 0 gone/stopped. */
     int (*probe)(struct sg__runtime *rt, const char *id, int *pid);
+    /* Synchronous (thread pool), for handing a running warm container to a sandbox. limit: sets
+     * its CPU and memory limits; set_hostname: names its host (UTS namespace of init pid). NULL
+     * when the runtime cannot (no warm pool then). */
+    int (*limit)(struct sg__runtime *rt, const char *cgroup, int vcpu, int memory_mb);
+    int (*set_hostname)(struct sg__runtime *rt, int pid, const char *hostname);
     /* Counted spawned children, so the reaper leaves them to libuv. */
     bool (*owns_pid)(struct sg__runtime *rt, int pid);
     void *priv;
@@ -158,16 +173,19 @@ int sg__net_set_internet(sg__node_t *n, sg__sbx_t *s, bool on, sg__rt_cb cb, voi
 void sg__net_teardown(sg__node_t *n);
 
 /* ---- OCI bundle (oci.c) ---------------------------------------------------------------------- */
-/* config.json for s (new reference); env is the request's envVars object. */
-json_t *sg__oci_config(const sg__node_t *n, const sg__sbx_t *s, json_t *env, bool token);
-/* Writes /etc/hostname, /etc/hosts, resolv.conf and the token file into the upper layer. */
-int sg__oci_prepare_upper(const sg__sbx_t *s, const char *upper, const char *token);
+/* config.json for s (new reference): sizes, cgroup s->cid, hostname s->id; nothing else of the
+ * request (that comes in the boot file). */
+json_t *sg__oci_config(const sg__node_t *n, const sg__sbx_t *s);
+/* Writes /etc/hostname, /etc/hosts, resolv.conf and (when boot != NULL) the 0400 boot file
+ * /run/sandgate/boot.json under root (an upper layer, or a mounted root not yet started). */
+int sg__oci_write_files(const sg__sbx_t *s, const char *root, const char *boot);
 
 /* ---- sandbox ----------------------------------------------------------------------------------- */
 struct sg__sbx {
     sg__sbx_t *next;
     sg__node_t *node;
     char id[64];
+    char cid[64]; /* container: runtime id, cgroup and folder name; = id unless it came warm */
     char team[128];
     char tmpl[65];
     int vcpu, memory_mb, disk_mb;
@@ -178,7 +196,9 @@ struct sg__sbx {
     char addr[16];
     char veth[16];
     int pid;
-    char *dir; /* <state>/sandboxes/<id> */
+    char *dir; /* <state>/sandboxes/<cid> */
+    bool warm; /* listed in n->warm, not n->sandboxes */
+    char init_key[33]; /* warm: the key its waiting envd takes POST /init with */
     bool mounted;
     bool delete_requested; /* DELETE (or expiry) arrived while creating */
     bool nft_added;        /* address is in the egress set */
@@ -198,6 +218,8 @@ struct sg__node {
     sg__addrpool_t pool;
     sg__sbx_t *sandboxes;
     int nsandboxes;
+    sg__sbx_t *warm; /* the warm pool */
+    long long warm_retry_ms; /* no pool refill before (after a failure) */
     int cap_vcpu, cap_mem_mb, cap_sandboxes;
     bool draining;
     char envd_version[64];

@@ -1,10 +1,10 @@
 /*
  * The OCI bundle of a sandbox: config.json (namespaces, cgroup limits, capabilities, seccomp,
  * masked paths, the read-only envd bundle at /opt/sandgate) and the files the agent writes into
- * the overlay's upper layer before start (/etc/hostname, /etc/hosts, the envd token file).
+ * the sandbox's root before its first process runs (/etc/hostname, /etc/hosts, the boot file).
  *
- * The envd access token goes only into a 0400 root file that envd reads and unlinks, never into
- * any process environment. Capabilities are Docker's default set minus NET_RAW (raw sockets would
+ * The request's env vars and envd access token go only into a 0400 root boot file that envd
+ * reads and unlinks, never into config.json or any process environment but envd's own. Capabilities are Docker's default set minus NET_RAW (raw sockets would
  * let a sandbox forge another sandbox's source address); no CAP_SYS_ADMIN, so no mounts.
  */
 #include <errno.h>
@@ -63,33 +63,23 @@ static json_t *mnt(const char *dst, const char *type, const char *src, const cha
     return o;
 }
 
-json_t *sg__oci_config(const sg__node_t *n, const sg__sbx_t *s, json_t *env, bool token)
+json_t *sg__oci_config(const sg__node_t *n, const sg__sbx_t *s)
 {
+    /* Nothing of the request goes in here but the sizes: its env vars and envd token come in the
+     * boot file, or for a warm container (started before its request is known) in envd's POST
+     * /init, authenticated by a per-container key (SANDGATE_* never reaches started processes). */
     json_t *args = json_pack("[s,s,s]", "/opt/sandgate/sandgate-envd", "--port", "49983");
-    if (token) {
-        json_array_append_new(args, json_string("--token-file"));
-        json_array_append_new(args, json_string("/run/sandgate/envd-token"));
-    }
-    json_t *envs = json_array();
-    static const char *const base_env[] = {
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
-        "LANG=C.UTF-8",
-    };
-    for (size_t i = 0; i < 3; i++) {
-        const char *eq = strchr(base_env[i], '=');
-        if (json_object_getn(env, base_env[i], (size_t)(eq - base_env[i])) == NULL)
-            json_array_append_new(envs, json_string(base_env[i]));
-    }
-    const char *k;
-    json_t *v;
-    json_object_foreach(env, k, v) {
-        size_t kl = strlen(k), vl = json_string_length(v);
-        char *kv = malloc(kl + vl + 2);
-        memcpy(kv, k, kl);
-        kv[kl] = '=';
-        memcpy(kv + kl + 1, json_string_value(v), vl + 1);
+    json_t *envs = json_pack("[s,s,s]",
+                             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                             "HOME=/root", "LANG=C.UTF-8");
+    if (s->warm) {
+        char kv[64];
+        snprintf(kv, sizeof(kv), "SANDGATE_INIT_KEY=%s", s->init_key);
+        json_array_append_new(args, json_string("--await-init"));
         json_array_append_new(envs, json_string(kv));
-        free(kv);
+    } else {
+        json_array_append_new(args, json_string("--boot-file"));
+        json_array_append_new(args, json_string("/run/sandgate/boot.json"));
     }
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
@@ -116,7 +106,7 @@ json_t *sg__oci_config(const sg__node_t *n, const sg__sbx_t *s, json_t *env, boo
     json_array_append_new(mounts, mnt("/opt/sandgate", "bind", n->envd_path, "rbind,ro,nosuid,nodev"));
 
     char cg[256];
-    snprintf(cg, sizeof(cg), "%s/%s", n->cgroup_parent, s->id);
+    snprintf(cg, sizeof(cg), "%s/%s", n->cgroup_parent, s->cid);
     long long mem = (long long)s->memory_mb * 1024 * 1024;
     json_t *resources = json_pack(
         "{s:{s:I},s:{s:I,s:I},s:{s:I},s:[{s:b,s:s}]}", "memory", "limit", mem, "cpu", "quota",
@@ -163,18 +153,19 @@ static int write_file(const char *path, const char *data, size_t len, mode_t mod
     return ret;
 }
 
-/* Writes the per-sandbox files into the upper layer (before the overlay is mounted). */
-int sg__oci_prepare_upper(const sg__sbx_t *s, const char *upper, const char *token)
+/* Writes the per-sandbox files under root: the upper layer before the overlay is mounted, or the
+ * mounted root of a pre-created container before its first process runs. */
+int sg__oci_write_files(const sg__sbx_t *s, const char *root, const char *boot)
 {
     char p[4096], buf[512];
-    snprintf(p, sizeof(p), "%s/etc", upper);
+    snprintf(p, sizeof(p), "%s/etc", root);
     if (mkdir(p, 0755) != 0 && errno != EEXIST)
         return SG_EIO;
-    snprintf(p, sizeof(p), "%s/etc/hostname", upper);
+    snprintf(p, sizeof(p), "%s/etc/hostname", root);
     int len = snprintf(buf, sizeof(buf), "%s\n", s->id);
     if (write_file(p, buf, (size_t)len, 0644) != 0)
         return SG_EIO;
-    snprintf(p, sizeof(p), "%s/etc/hosts", upper);
+    snprintf(p, sizeof(p), "%s/etc/hosts", root);
     len = snprintf(buf, sizeof(buf),
                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                    "127.0.1.1\t%s\n%s\t%s\n", s->id, s->addr, s->id);
@@ -185,19 +176,19 @@ int sg__oci_prepare_upper(const sg__sbx_t *s, const char *upper, const char *tok
     if (f != NULL) {
         size_t n = fread(buf, 1, sizeof(buf) - 1, f);
         fclose(f);
-        snprintf(p, sizeof(p), "%s/etc/resolv.conf", upper);
+        snprintf(p, sizeof(p), "%s/etc/resolv.conf", root);
         if (strstr((buf[n] = '\0', buf), "127.0.0.") == NULL)
             write_file(p, buf, n, 0644);
     }
-    if (token != NULL) {
-        snprintf(p, sizeof(p), "%s/run", upper);
+    if (boot != NULL) {
+        snprintf(p, sizeof(p), "%s/run", root);
         if (mkdir(p, 0755) != 0 && errno != EEXIST)
             return SG_EIO;
-        snprintf(p, sizeof(p), "%s/run/sandgate", upper);
+        snprintf(p, sizeof(p), "%s/run/sandgate", root);
         if (mkdir(p, 0700) != 0 && errno != EEXIST)
             return SG_EIO;
-        snprintf(p, sizeof(p), "%s/run/sandgate/envd-token", upper);
-        if (write_file(p, token, strlen(token), 0400) != 0)
+        snprintf(p, sizeof(p), "%s/run/sandgate/boot.json", root);
+        if (write_file(p, boot, strlen(boot), 0400) != 0)
             return SG_EIO;
     }
     return 0;

@@ -5,13 +5,14 @@
  * Owns: the in-flight child list (pids the agent's reaper must leave to libuv). The container's
  * init, which runc leaves behind when `runc create` exits, becomes the agent's child (the agent
  * is a subreaper) and is reaped by the agent's SIGCHLD sweep, not here.
- * stats() and probe() are synchronous: stats reads a few cgroup files, probe runs at start-up
- * before the loop does.
+ * stats(), probe(), limit() and set_hostname() are synchronous: stats reads a few cgroup files,
+ * probe runs at start-up before the loop does, limit and set_hostname run on the thread pool.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <stdio.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -41,8 +42,9 @@ typedef struct runc {
     int devnull;
     op_t *ops;               /* running */
     /* waiting for a slot, FIFO each, linked through next: [0] starts (a client waits on them),
-     * [1] teardown (nobody waits; it must not delay a start) */
-    op_t *queue[2], *queue_tail[2];
+     * [1] teardown (nobody waits; it must not delay a start), [2] background starts (the warm
+     * pool: only when nothing else waits) */
+    op_t *queue[3], *queue_tail[3];
     int running, max_running;
 } runc_t;
 
@@ -123,7 +125,7 @@ static void do_spawn(runc_t *rc, op_t *o)
 static void start_queued(runc_t *rc)
 {
     while (rc->running < rc->max_running) {
-        int q = rc->queue[0] != NULL ? 0 : 1;
+        int q = rc->queue[0] != NULL ? 0 : rc->queue[1] != NULL ? 1 : 2;
         op_t *o = rc->queue[q];
         if (o == NULL)
             return;
@@ -138,7 +140,7 @@ static void start_queued(runc_t *rc)
  * per CPU at a time. With more, every start shares the CPUs and all of a burst finish late;
  * first-come first-served finishes most of them much sooner (same total work). Teardown waits
  * behind starts. */
-static int spawn_op(runc_t *rc, const char *what, char **args, int out_fd, sg__rt_cb cb,
+static int spawn_op(runc_t *rc, const char *what, int q, char **args, int out_fd, sg__rt_cb cb,
                     void *data)
 {
     op_t *o = calloc(1, sizeof(*o));
@@ -162,7 +164,6 @@ static int spawn_op(runc_t *rc, const char *what, char **args, int out_fd, sg__r
     o->what = what;
     o->args = copy;
     o->out_fd = out_fd;
-    int q = strcmp(what, "delete") == 0 || strcmp(what, "kill") == 0;
     if (rc->queue_tail[q])
         rc->queue_tail[q]->next = o;
     else
@@ -174,28 +175,30 @@ static int spawn_op(runc_t *rc, const char *what, char **args, int out_fd, sg__r
 }
 
 static int rc_create(sg__runtime_t *rt, const char *id, const char *bundle, const char *pidfile,
-                     int log_fd, sg__rt_cb cb, void *data)
+                     int log_fd, bool background, sg__rt_cb cb, void *data)
 {
     runc_t *rc = (runc_t *)rt;
     char *args[] = {rc->path, "--root", rc->root, "create", "--bundle", (char *)bundle,
                     "--pid-file", (char *)pidfile, (char *)id, NULL};
-    return spawn_op(rc, "create", args, log_fd >= 0 ? log_fd : rc->devnull, cb, data);
+    return spawn_op(rc, "create", background ? 2 : 0, args, log_fd >= 0 ? log_fd : rc->devnull, cb,
+                    data);
 }
 
 static int rc_run(sg__runtime_t *rt, const char *id, const char *bundle, const char *pidfile,
-                  int log_fd, sg__rt_cb cb, void *data)
+                  int log_fd, bool background, sg__rt_cb cb, void *data)
 {
     runc_t *rc = (runc_t *)rt;
     char *args[] = {rc->path, "--root", rc->root, "run", "--detach", "--bundle", (char *)bundle,
                     "--pid-file", (char *)pidfile, (char *)id, NULL};
-    return spawn_op(rc, "run", args, log_fd >= 0 ? log_fd : rc->devnull, cb, data);
+    return spawn_op(rc, "run", background ? 2 : 0, args, log_fd >= 0 ? log_fd : rc->devnull, cb,
+                    data);
 }
 
 static int rc_start(sg__runtime_t *rt, const char *id, sg__rt_cb cb, void *data)
 {
     runc_t *rc = (runc_t *)rt;
     char *args[] = {rc->path, "--root", rc->root, "start", (char *)id, NULL};
-    return spawn_op(rc, "start", args, rc->devnull, cb, data);
+    return spawn_op(rc, "start", 0, args, rc->devnull, cb, data);
 }
 
 static int rc_kill(sg__runtime_t *rt, const char *id, int sig, sg__rt_cb cb, void *data)
@@ -204,14 +207,14 @@ static int rc_kill(sg__runtime_t *rt, const char *id, int sig, sg__rt_cb cb, voi
     char s[16];
     snprintf(s, sizeof(s), "%d", sig);
     char *args[] = {rc->path, "--root", rc->root, "kill", (char *)id, s, NULL};
-    return spawn_op(rc, "kill", args, rc->devnull, cb, data);
+    return spawn_op(rc, "kill", 1, args, rc->devnull, cb, data);
 }
 
 static int rc_delete(sg__runtime_t *rt, const char *id, sg__rt_cb cb, void *data)
 {
     runc_t *rc = (runc_t *)rt;
     char *args[] = {rc->path, "--root", rc->root, "delete", "--force", (char *)id, NULL};
-    return spawn_op(rc, "delete", args, rc->devnull, cb, data);
+    return spawn_op(rc, "delete", 1, args, rc->devnull, cb, data);
 }
 
 static int read_u64(const char *path, uint64_t *out)
@@ -298,10 +301,65 @@ static int rc_probe(sg__runtime_t *rt, const char *id, int *pid)
         const char *status = json_string_value(json_object_get(o, "status"));
         if (status && (strcmp(status, "running") == 0 || strcmp(status, "created") == 0)) {
             *pid = (int)json_integer_value(json_object_get(o, "pid"));
-            ret = 1;
+            ret = strcmp(status, "running") == 0 ? 1 : 2;
         }
         json_decref(o);
     }
+    return ret;
+}
+
+static int write_str(const char *path, const char *v)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return SG_EIO;
+    ssize_t w = write(fd, v, strlen(v));
+    close(fd);
+    return w == (ssize_t)strlen(v) ? 0 : SG_EIO;
+}
+
+/* The cgroup files runc wrote at create, rewritten directly: `runc update` would cost a Go
+ * process start (~50 ms) for three small writes. runc's state.json keeps the create-time sizes;
+ * nothing reads them back (runc delete and kill don't). */
+static int rc_limit(sg__runtime_t *rt, const char *cgroup, int vcpu, int memory_mb)
+{
+    bool v1 = access("/sys/fs/cgroup/memory", F_OK) == 0; /* hybrid on this machine kind */
+    char p[512], cpu[32], mem[32];
+    snprintf(cpu, sizeof(cpu), v1 ? "%d" : "%d 100000", vcpu * 100000);
+    snprintf(mem, sizeof(mem), "%lld", (long long)memory_mb * 1024 * 1024);
+    snprintf(p, sizeof(p), v1 ? "/sys/fs/cgroup/cpu%s/cpu.cfs_quota_us" : "/sys/fs/cgroup%s/cpu.max",
+             cgroup);
+    if (write_str(p, cpu) != 0)
+        return SG_EIO;
+    snprintf(p, sizeof(p),
+             v1 ? "/sys/fs/cgroup/memory%s/memory.limit_in_bytes" : "/sys/fs/cgroup%s/memory.max",
+             cgroup);
+    return write_str(p, mem);
+}
+
+/* Names a running container's host from outside, through its init's UTS namespace: the
+ * container's own capabilities forbid sethostname inside. This thread's own namespace is restored
+ * before returning. */
+static int rc_set_hostname(sg__runtime_t *rt, int pid, const char *hostname)
+{
+    char p[64];
+    int ret = SG_EIO;
+    snprintf(p, sizeof(p), "/proc/%d/ns/uts", pid);
+    int theirs = open(p, O_RDONLY | O_CLOEXEC);
+    int mine = open("/proc/thread-self/ns/uts", O_RDONLY | O_CLOEXEC);
+    if (theirs >= 0 && mine >= 0 && setns(theirs, CLONE_NEWUTS) == 0) {
+        if (sethostname(hostname, strlen(hostname)) == 0)
+            ret = 0;
+        if (setns(mine, CLONE_NEWUTS) != 0) {
+            /* A pool thread left in a sandbox's UTS namespace would be harmless but wrong. */
+            sg_log(SG_LOG_ERROR, "cannot return to the agent's UTS namespace",
+                   SG_LS("err", strerror(errno)));
+        }
+    }
+    if (theirs >= 0)
+        close(theirs);
+    if (mine >= 0)
+        close(mine);
     return ret;
 }
 
@@ -322,6 +380,8 @@ sg__runtime_t *sg__runtime_runc_new(uv_loop_t *loop, const char *runc_path, cons
         .name = "runc",
         .create = rc_create,
         .start = rc_start,
+        .limit = rc_limit,
+        .set_hostname = rc_set_hostname,
         .run = rc_run,
         .kill = rc_kill,
         .delete = rc_delete,

@@ -504,3 +504,40 @@ describe('envd wire details and limits', () => {
     res.destroy();
   });
 });
+
+// Started ahead of its sandbox (the node's warm pool): only /health and one authenticated POST
+// /init (env vars + token) until initialised; /init never works twice.
+describe('envd --await-init', () => {
+  let envd;
+  const key = randomBytes(16).toString('hex');
+  before(async () => {
+    envd = await startEnvd({ token: null, env: { SANDGATE_INIT_KEY: key }, args: ['--await-init'] });
+  });
+  after(async () => { if (envd) await envd.stop(); });
+  const init = (body, k = key) => fetch(`${envd.url}/init`, {
+    method: 'POST', headers: { 'content-type': 'application/json', 'x-sandgate-init-key': k }, body,
+  });
+  it('answers 503 before /init, takes env and token once, then refuses /init', async () => {
+    assert.equal((await fetch(`${envd.url}/health`)).status, 204);
+    let r = await fetch(`${envd.url}/files?path=/etc/hostname`);
+    assert.equal(r.status, 503);
+    assert.equal((await r.json()).code, 503);
+    assert.equal((await init('{}', 'x'.repeat(32))).status, 401);
+    assert.equal((await init('{"envVars":{"A":1}}')).status, 400);
+    assert.equal((await init('not json')).status, 400);
+    assert.equal((await fetch(`${envd.url}/init`, { headers: { 'x-sandgate-init-key': key } })).status, 405);
+    r = await init(JSON.stringify({ envVars: { INIT_VAR: 'v1' }, accessToken: 'init-token' }));
+    assert.equal(r.status, 204, await r.text());
+    // now the token is required, and the env var is every process's default
+    assert.equal((await fetch(`${envd.url}/files?path=/etc/hostname`)).status, 401);
+    const api = await startApiDouble({ envdVersion: envdVersion(), envdAccessToken: 'init-token' });
+    try {
+      const s = await Sandbox.create('base', { apiKey: testApiKey, apiUrl: api.url, sandboxUrl: envd.url, secure: true });
+      const out = await s.commands.run('echo "$INIT_VAR"; env | grep -c SANDGATE_ || true');
+      assert.equal(out.stdout, 'v1\n0\n');
+    } finally { await api.close(); }
+    // /init once only, whatever the key
+    r = await init(JSON.stringify({ envVars: {}, accessToken: null }));
+    assert.ok(r.status === 401 || r.status === 404, String(r.status));
+  });
+});

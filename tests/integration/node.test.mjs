@@ -10,7 +10,7 @@ import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import {
   World, canRun, api, viaProxy, createBody, execIn, execInStatus, probeScript, sh, trySh,
-  waitFor, sleep, mountsUnder, TOKEN,
+  waitFor, sleep, mountsUnder, TOKEN, containerOf, envdRun,
 } from './lib/node-harness.mjs';
 
 const why = canRun();
@@ -45,7 +45,7 @@ after(async () => { if (w) await w.close(); });
 const opts = { skip: why || false, timeout: 120000 };
 
 function execFileSyncUser(n, id, args) {
-  return sh('runc', ['--root', join(n.state, 'runc'), 'exec', '--user', '1000:1000', '--cwd', '/home/user', id, ...args]);
+  return sh('runc', ['--root', join(n.state, 'runc'), 'exec', '--user', '1000:1000', '--cwd', '/home/user', containerOf(n, id), ...args]);
 }
 
 async function create(over) {
@@ -120,11 +120,12 @@ test('sandbox: own hostname, processes, rootfs, env; token file consumed', opts,
     // The template stays untouched by writes inside the sandbox.
     execIn(node, id, ['sh', '-c', 'echo hi > /etc/sg-written']);
     assert.ok(!existsSync('/var/lib/sandgate-cache/templates/base/rootfs/etc/sg-written'));
-    assert.equal(execIn(node, id, ['sh', '-c', 'echo $FOO']).trim(), 'bar');
+    // The request's env is envd's (runc exec only sees the container's defaults).
+    assert.equal((await envdRun(node, id, 'echo $FOO', 'secret-envd-token')).stdout, 'bar\n');
     // The envd token reached envd (it read the file) and is in nobody's environment.
     const seen = await viaProxy(node, id, 49983, '/token-seen');
     if (seen.status === 200) assert.equal(seen.text, 'yes'); // only the test double has this route
-    assert.notEqual(execInStatus(node, id, ['test', '-e', '/run/sandgate/envd-token']).code, 0);
+    assert.notEqual(execInStatus(node, id, ['test', '-e', '/run/sandgate/boot.json']).code, 0);
     assert.doesNotMatch(execIn(node, id, ['sh', '-c', 'cat /proc/1/environ | tr "\\0" "\\n"; env']),
       /secret-envd-token/);
     // user (uid 1000) has passwordless sudo (so no no_new_privileges); no namespaces, raw
@@ -144,6 +145,42 @@ test('sandbox: own hostname, processes, rootfs, env; token file consumed', opts,
     assert.equal(m.status, 200);
     assert.equal(m.json.memTotal, 256 * 1024 * 1024);
     assert.ok(m.json.memUsed > 0);
+  } finally { await remove(id); }
+});
+
+// The warm pool: containers created ahead (runc `create`, init waiting), nothing of a request in
+// them. A create takes one, and everything request-specific must still be the request's.
+async function warmReady() {
+  return (await api(node, 'GET', '/v1/info')).json.warmPool.ready;
+}
+test('warm pool: a create takes a pre-created container with the request\'s name, limits, env, token', opts, async () => {
+  await waitFor(async () => (await warmReady()) === 4, 20000);
+  const { id } = await create({ vcpu: 2, memoryMB: 300, envVars: { WARM: 'yes', PATH: '/custom:/usr/bin:/bin' },
+    envdAccessToken: 'warm-envd-token' });
+  try {
+    const cid = containerOf(node, id);
+    assert.match(cid, /^w-[0-9a-f]+$/);
+    assert.match(sh('runc', ['--root', join(node.state, 'runc'), 'state', cid]), /"status":\s*"running"/);
+    assert.equal(execIn(node, id, ['hostname']).trim(), id);
+    assert.equal(execIn(node, id, ['cat', '/etc/hostname']).trim(), id);
+    assert.match(execIn(node, id, ['cat', '/etc/hosts']), new RegExp(`\\s${id}\\n`));
+    // envd's environment (the default of every process it starts) is the request's, PATH
+    // overridden; the token is in nobody's environment, the boot file is gone, and envd took the
+    // token (without it: 401)
+    assert.equal((await envdRun(node, id, 'true')).error, 'unauthenticated');
+    const run = await envdRun(node, id, 'echo "$WARM|$PATH"', 'warm-envd-token');
+    assert.equal(run.error, null, run.stdout);
+    assert.equal(run.stdout, 'yes|/custom:/usr/bin:/bin\n');
+    const pid = Number(sh('runc', ['--root', join(node.state, 'runc'), 'state', cid]).match(/"pid":\s*(\d+)/)[1]);
+    assert.match(readFileSync(`/proc/${pid}/environ`, 'utf8'), /PATH=/);
+    assert.doesNotMatch(readFileSync(`/proc/${pid}/environ`, 'utf8'), /warm-envd-token/);
+    assert.notEqual(execInStatus(node, id, ['test', '-e', '/run/sandgate/boot.json']).code, 0);
+    // limits are the request's, not the pool's defaults
+    const cg = (h, f) => readFileSync(`/sys/fs/cgroup/${h}/sandgate/n1/${cid}/${f}`, 'utf8').trim();
+    assert.equal(cg('memory', 'memory.limit_in_bytes'), String(300 * 1024 * 1024));
+    assert.equal(cg('cpu', 'cpu.cfs_quota_us'), '200000');
+    // the pool refills once no create is in flight
+    await waitFor(async () => (await warmReady()) === 4, 20000);
   } finally { await remove(id); }
 });
 
@@ -184,7 +221,7 @@ test('node proxy: port 8000 server reachable, 8001 502, unknown 404, token 401',
   try {
     execIn(node, id, ['sh', '-c', 'mkdir -p /srv && echo hello-from-8000 > /srv/index.html']);
     // Detached: stdio must not be a pipe the server would hold open.
-    sh('runc', ['--root', join(node.state, 'runc'), 'exec', '-d', id,
+    sh('runc', ['--root', join(node.state, 'runc'), 'exec', '-d', containerOf(node, id),
       'python3', '-m', 'http.server', '8000', '--directory', '/srv'], { stdio: 'ignore' });
     await waitFor(async () => (await viaProxy(node, id, 8000, '/index.html')).status === 200);
     const ok = await viaProxy(node, id, 8000, '/index.html');
@@ -256,7 +293,7 @@ function rssKiB(pid) {
 
 function startServer(id, file, code, port) {
   execIn(node, id, ['sh', '-c', `mkdir -p /srv && cat > /srv/${file}`], { input: code, stdio: ['pipe', 'pipe', 'pipe'] });
-  sh('runc', ['--root', join(node.state, 'runc'), 'exec', '-d', id, 'python3', `/srv/${file}`], { stdio: 'ignore' });
+  sh('runc', ['--root', join(node.state, 'runc'), 'exec', '-d', containerOf(node, id), 'python3', `/srv/${file}`], { stdio: 'ignore' });
   return waitFor(() => /open/.test(execIn(node, id, ['python3', '-c', probeScript([['127.0.0.1', port]])])));
 }
 
@@ -351,7 +388,7 @@ test('restart: SIGKILL the agent, start it again: sandboxes still answer, accoun
     const before = (await api(node, 'GET', '/v1/info')).json.allocated;
     await w.killNode(node, 'SIGKILL');
     // Sandboxes run on without the agent.
-    const pid = Number(sh('runc', ['--root', join(node.state, 'runc'), 'state', a.id]).match(/"pid":\s*(\d+)/)[1]);
+    const pid = Number(sh('runc', ['--root', join(node.state, 'runc'), 'state', containerOf(node, a.id)]).match(/"pid":\s*(\d+)/)[1]);
     assert.ok(existsSync(`/proc/${pid}`));
     await w.startNode(node);
     const after = (await api(node, 'GET', '/v1/info')).json.allocated;
@@ -375,16 +412,20 @@ test('create/delete cycles leave no mounts, veths, cgroups, processes or files',
     const { id } = await create({ allowInternetAccess: i % 2 === 0 });
     await remove(id);
   }
-  // Deletion finishes in the background: wait for the files, then check the rest.
+  // Deletion finishes in the background: wait for the files, then check the rest. What may stay
+  // is the warm pool (w-<hex> containers, at most warm_pool = 4), each with exactly one folder,
+  // overlay mount, runc container, cgroup and veth.
   const sbxDir = join(node.state, 'sandboxes');
-  await waitFor(() => readdirSync(sbxDir).length === 0, 15000);
-  assert.deepEqual(mountsUnder(node.state), []);
+  await waitFor(async () => readdirSync(sbxDir).every((d) => d.startsWith('w-')) && (await warmReady()) === 4, 20000);
+  const warm = readdirSync(sbxDir).sort();
+  assert.ok(warm.length <= 4, warm.join(' '));
+  assert.deepEqual(mountsUnder(node.state).sort(), warm.map((w) => join(sbxDir, w, 'rootfs')));
   const links = sh('ip', ['-n', node.ns, '-o', 'link', 'show']);
-  assert.doesNotMatch(links, /sgv[0-9a-f]+/);
-  assert.equal(sh('runc', ['--root', join(node.state, 'runc'), 'list', '-q']).trim(), '');
+  assert.equal((links.match(/sgv[0-9a-f]+/g) || []).length, warm.length, links);
+  assert.deepEqual(sh('runc', ['--root', join(node.state, 'runc'), 'list', '-q']).trim().split('\n').filter(Boolean).sort(), warm);
   const cg = '/sys/fs/cgroup/memory/sandgate/n1';
   if (existsSync(cg)) {
-    assert.deepEqual(readdirSync(cg, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name), []);
+    assert.deepEqual(readdirSync(cg, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name).sort(), warm);
   }
   const set = sh('nsenter', [`--net=/var/run/netns/${node.ns}`, 'nft', 'list', 'set', 'inet', 'sgnode_n1', 'internet']);
   assert.doesNotMatch(set, /elements/);

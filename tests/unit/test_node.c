@@ -256,24 +256,25 @@ static void test_node_oci_config(void **state)
     sg__sbx_t s;
     memset(&s, 0, sizeof(s));
     snprintf(s.id, sizeof(s.id), "abc");
+    snprintf(s.cid, sizeof(s.cid), "w-0123");
     s.vcpu = 2;
     s.memory_mb = 512;
-    json_t *env = json_pack("{s:s,s:s}", "FOO", "bar", "PATH", "/custom");
-    json_t *c = sg__oci_config(&n, &s, env, true);
+    json_t *c = sg__oci_config(&n, &s);
     assert_non_null(c);
     assert_string_equal(json_string_value(json_object_get(c, "hostname")), "abc");
     json_t *p = json_object_get(c, "process");
     json_t *args = json_object_get(p, "args");
     assert_string_equal(json_string_value(json_array_get(args, 0)), "/opt/sandgate/sandgate-envd");
-    assert_string_equal(json_string_value(json_array_get(args, 3)), "--token-file");
-    /* env: the request's PATH wins over the default; no token anywhere in it */
+    assert_string_equal(json_string_value(json_array_get(args, 3)), "--boot-file");
+    /* env: the defaults only (the request's vars and token come in the boot file) */
     char *envs = json_dumps(json_object_get(p, "env"), 0);
-    assert_non_null(strstr(envs, "\"FOO=bar\""));
-    assert_non_null(strstr(envs, "\"PATH=/custom\""));
-    assert_null(strstr(envs, "PATH=/usr/local"));
+    assert_non_null(strstr(envs, "\"PATH=/usr/local"));
+    assert_int_equal(json_array_size(json_object_get(p, "env")), 3);
     free(envs);
     json_t *lin = json_object_get(c, "linux");
-    assert_string_equal(json_string_value(json_object_get(lin, "cgroupsPath")), "/sandgate/node-1/abc");
+    /* the cgroup is the container's name, not the sandbox id (a warm container keeps its own) */
+    assert_string_equal(json_string_value(json_object_get(lin, "cgroupsPath")),
+                        "/sandgate/node-1/w-0123");
     json_t *res = json_object_get(lin, "resources");
     assert_true(json_integer_value(json_object_get(json_object_get(res, "memory"), "limit")) ==
                 512LL * 1024 * 1024);
@@ -291,10 +292,6 @@ static void test_node_oci_config(void **state)
     free(mounts);
     assert_non_null(json_object_get(lin, "seccomp"));
     json_decref(c);
-    c = sg__oci_config(&n, &s, env, false);
-    assert_int_equal(json_array_size(json_object_get(json_object_get(c, "process"), "args")), 3);
-    json_decref(c);
-    json_decref(env);
 }
 
 /* Chunked-body tracking for the node proxy: the end is seen whatever the split of the bytes, and

@@ -144,6 +144,7 @@ export class World {
       `protected_addresses:`, `  - ${hostIp}/32`,
       `heartbeat_interval_ms: 200`,
       `sandbox_grace_ms: ${extra.graceMs ?? 1000}`,
+      `warm_pool: ${extra.warmPool ?? 4}`,
       `log:`, `  level: debug`,
     ].join('\n') + '\n';
     node.config = join(dir, 'node.yaml');
@@ -232,6 +233,30 @@ export async function viaProxy(node, id, port, path = '/', headers = {}) {
   return { status: r.status, text: await r.text() };
 }
 
+// Runs cmd with bash through envd's Process.Start (Connect, JSON envelopes) via the node proxy:
+// processes started this way get envd's environment, i.e. the request's env vars. -> stdout.
+export async function envdRun(node, id, cmd, token) {
+  const json = Buffer.from(JSON.stringify({ process: { cmd: '/bin/bash', args: ['-c', cmd] }, stdin: false }));
+  const env = Buffer.concat([Buffer.from([0, 0, 0, 0, 0]), json]);
+  env.writeUInt32BE(json.length, 1);
+  const r = await fetch(`${node.proxy}/process.Process/Start`, {
+    method: 'POST', body: env,
+    headers: { 'X-Sandgate-Node-Token': TOKEN, 'X-Sandgate-Sandbox-Id': id, 'X-Sandgate-Sandbox-Port': '49983',
+      'content-type': 'application/connect+json', ...(token ? { 'X-Access-Token': token } : {}) },
+  });
+  const buf = Buffer.from(await r.arrayBuffer());
+  if (r.status !== 200) return { status: r.status, stdout: buf.toString() };
+  let out = '', error = null;
+  for (let o = 0; o + 5 <= buf.length;) {
+    const n = buf.readUInt32BE(o + 1);
+    const msg = JSON.parse(buf.subarray(o + 5, o + 5 + n).toString());
+    if (buf[o] & 2) error = msg.error?.code ?? null; // end-of-stream frame
+    else if (msg.event?.data?.stdout) out += Buffer.from(msg.event.data.stdout, 'base64').toString();
+    o += 5 + n;
+  }
+  return { status: 200, stdout: out, error };
+}
+
 let sbxSeq = 0;
 export function sandboxId() { return `t${process.pid.toString(36)}${(sbxSeq++).toString(36)}${Math.random().toString(36).slice(2, 6)}`; }
 
@@ -241,9 +266,20 @@ export function createBody(over = {}) {
     envdAccessToken: null, allowInternetAccess: false, ...over };
 }
 
+// The runc container of sandbox id: its own id, or the warm pool container (w-<hex>) it took.
+export function containerOf(node, id) {
+  const dir = join(node.state, 'sandboxes');
+  for (const d of readdirSync(dir)) {
+    try {
+      if (JSON.parse(readFileSync(join(dir, d, 'meta.json'), 'utf8')).sandboxID === id) return d;
+    } catch {}
+  }
+  return id;
+}
+
 // Runs a command inside a sandbox through the OCI runtime (until envd runs processes).
 export function execIn(node, id, args, opts = {}) {
-  return execFileSync('runc', ['--root', join(node.state, 'runc'), 'exec', id, ...args],
+  return execFileSync('runc', ['--root', join(node.state, 'runc'), 'exec', containerOf(node, id), ...args],
     { encoding: 'utf8', timeout: 30000, stdio: ['ignore', 'pipe', 'pipe'], ...opts });
 }
 export function execInStatus(node, id, args) {
