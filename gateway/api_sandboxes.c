@@ -57,6 +57,7 @@ typedef struct {
     bool v2;
     bool connect;
     long long from_s, to_s; /* metrics: the requested range, unix seconds (0 = open) */
+    const char *unsupported; /* the feature a 501 names, e.g. "Snapshots are" */
 } pending_t;
 
 static void on_pending_dispose(void *p);
@@ -640,12 +641,27 @@ static void on_metrics(sg_api_call_t *call)
         sg_http_error(call->req, 500, "Out of memory");
 }
 
-/* E2B operations this server does not have yet: a 501 naming the feature, not the route miss's
- * 404 that the SDK would report as "sandbox not found" for a sandbox that is running. */
+static void on_unsupported_got(int err, const sg_sched_sandbox_t *sbx, void *data)
+{
+    pending_t *p = data;
+    p->op = NULL;
+    (void)sbx;
+    if (err != 0) {
+        sched_error(p, err, p->sbx_id);
+        return;
+    }
+    char msg[128];
+    snprintf(msg, sizeof(msg), "%s not supported by this server yet", p->unsupported);
+    sg_http_error(p->req, 501, msg);
+}
+
+/* E2B operations this server does not have yet: 404 for an unknown sandbox as E2B answers, else a
+ * 501 naming the feature (not the route miss's 404, which the SDK would report as "sandbox not
+ * found" for a sandbox that is running). */
 static void on_unsupported(sg_api_call_t *call)
 {
-    char id[64];
-    if (!param_id(call, id, sizeof(id)))
+    pending_t *p = pending_new(call);
+    if (!param_id(call, p->sbx_id, sizeof(p->sbx_id)))
         return;
     h2o_iovec_t path = call->req->path_normalized;
     const char *what = "Pause and resume are";
@@ -655,9 +671,13 @@ static void on_unsupported(sg_api_call_t *call)
         what = "Snapshots are";
     else if (path.len >= 8 && memcmp(path.base + path.len - 8, "/network", 8) == 0)
         what = "Changing the network rules of a running sandbox is";
-    char msg[128];
-    snprintf(msg, sizeof(msg), "%s not supported by this server yet", what);
-    sg_http_error(call->req, 501, msg);
+    p->unsupported = what;
+    int rc = sg_sched_get(state_of(call)->sched, call->id.team_id, p->sbx_id, on_unsupported_got, p,
+                          &p->op);
+    if (rc == SG_ENOTFOUND)
+        not_found(call->req, p->sbx_id);
+    else if (rc != 0)
+        sg_http_error(call->req, 500, "Out of memory");
 }
 
 /* ---- templates ---- */

@@ -110,7 +110,7 @@ test('SDK: a sandbox made through /v2 is always secured (access token, signed UR
 
 // Found by the E2B SDK's own suite (fork, snapshot-api, network tests): features we lack answered
 // the route miss's 404, which the SDK reports as "sandbox not found" for a running sandbox.
-test('API: fork, snapshots and network updates answer 501 naming the feature', async () => {
+test('API: fork, snapshots and network updates answer 501 naming the feature (404 for an unknown sandbox)', async () => {
   const a = await Sandbox.create('base', opts);
   try {
     for (const [method, p, what] of [['POST', 'fork', /Forking/], ['POST', 'snapshots', /Snapshots/],
@@ -123,6 +123,9 @@ test('API: fork, snapshots and network updates answer 501 naming the feature', a
       assert.equal(body.code, 501, p);
       assert.match(body.message, what, p);
     }
+    await a.kill();
+    const gone = await fetch(`${s.gw.url}/sandboxes/${a.sandboxId}/fork`, { method: 'POST', headers: { 'x-api-key': opts.apiKey } });
+    assert.equal(gone.status, 404, 'an unknown sandbox stays a 404, as E2B answers');
   } finally {
     await a.kill();
   }
