@@ -295,6 +295,13 @@ static void on_upload_dispose(void *p)
 }
 
 
+bool sg__files_is_upload_tmp(const char *name)
+{
+    size_t n = strlen(name), tag = strlen(SG__UPLOAD_TMP_TAG);
+    return name[0] == '.' && n > 1 + tag + 6 &&
+           memcmp(name + n - 6 - tag, SG__UPLOAD_TMP_TAG, tag) == 0;
+}
+
 static int upload_open(upload_t *up)
 {
     upload_file_t *f = &up->files[up->cur];
@@ -307,7 +314,7 @@ static int upload_open(upload_t *up)
     if (r == 0) {
         up->step = "cannot create a temporary file beside";
         const char *slash = strrchr(f->path, '/');
-        snprintf(up->tmp, sizeof(up->tmp), "%.*s/.%s.sg-upload-XXXXXX",
+        snprintf(up->tmp, sizeof(up->tmp), "%.*s/.%s" SG__UPLOAD_TMP_TAG "XXXXXX",
                  (int)(slash - f->path), f->path, slash + 1);
         up->fd = mkostemp(up->tmp, O_CLOEXEC);
         if (up->fd < 0)

@@ -40,6 +40,7 @@ typedef struct {
     struct { int wd; char *rel; } *w;
     size_t nw, capw;
     sg__user_t user;
+    uint32_t upload_cookie; /* of the last rename away from an upload's temporary file */
     char root[4096];
 } watcher_t;
 
@@ -55,10 +56,15 @@ int sg__fs_entry(const char *path, const sg__idmap_t *ids, json_t **out)
     const struct stat *st = &ls;
     sg_envd_ftype_t type = S_ISDIR(ls.st_mode) ? SG_ENVD_FT_DIRECTORY : SG_ENVD_FT_FILE;
     if (S_ISLNK(ls.st_mode)) {
-        ssize_t n = readlink(path, target, sizeof(target) - 1);
-        if (n >= 0) {
-            target[n] = '\0';
+        /* E2B reports the fully resolved absolute target; a dangling link keeps its text. */
+        if (realpath(path, target) != NULL) {
             tgt = target;
+        } else {
+            ssize_t n = readlink(path, target, sizeof(target) - 1);
+            if (n >= 0) {
+                target[n] = '\0';
+                tgt = target;
+            }
         }
         type = SG_ENVD_FT_SYMLINK;
         if (stat(path, &ts) == 0) {
@@ -254,17 +260,43 @@ static void rpc_remove(h2o_req_t *req, const sg__user_t *u, json_t *body)
     sg__as_root();
 }
 
+/* scandir's filter: skips "." and "..", and stops taking names past the walk's bound (names
+ * listed plus names held by the folders being walked), so the names in memory never exceed
+ * FS_WALK_MAX however the tree is shaped (list_walk then reports E2BIG). Loop thread only. */
+static size_t list_taken, list_room, list_held;
+
+static int list_keep(const struct dirent *de)
+{
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+        return 0;
+    return list_taken++ < list_room;
+}
+
+static int list_byname(const struct dirent **a, const struct dirent **b)
+{
+    return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+/* Entries come in byte order of their names, each folder followed by its contents, as E2B lists
+ * them (clients index into the list). */
 static int list_walk(const char *dir, unsigned depth, unsigned max_depth, const sg__idmap_t *ids,
                      json_t *out)
 {
-    DIR *d = opendir(dir);
-    if (d == NULL)
+    struct dirent **names;
+    if (depth == 1)
+        list_held = 0;
+    list_taken = 0;
+    list_room = FS_WALK_MAX - json_array_size(out) - list_held;
+    int count = scandir(dir, &names, list_keep, list_byname);
+    if (count < 0)
         return -errno;
-    struct dirent *de;
-    int r = 0;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
+    int r = list_taken > list_room ? -E2BIG : 0;
+    list_held += (size_t)count;
+    size_t consumed = 0;
+    for (int i = 0; i < count && r == 0; i++) {
+        const struct dirent *de = names[i];
+        list_held--;
+        consumed++;
         if (json_array_size(out) >= FS_WALK_MAX) {
             r = -E2BIG;
             break;
@@ -286,7 +318,10 @@ static int list_walk(const char *dir, unsigned depth, unsigned max_depth, const 
             }
         }
     }
-    closedir(d);
+    list_held -= (size_t)count - consumed; /* stopped early: the rest is dropped unlisted */
+    for (int k = 0; k < count; k++)
+        free(names[k]);
+    free(names);
     return r;
 }
 
@@ -413,6 +448,19 @@ static void on_watch_events(uv_poll_t *h, int status, int events)
                     rel = w->w[i].rel;
             if (rel == NULL || ev->len == 0)
                 continue;
+            /* An upload writes a temporary file beside its target and renames it over the
+             * target (files.c), where E2B writes in place and watchers wait for a write to the
+             * target: the temporary file stays hidden and its rename onto the target shows as
+             * a create then a write of the target. */
+            if (sg__files_is_upload_tmp(ev->name)) {
+                if (ev->mask & IN_MOVED_FROM)
+                    w->upload_cookie = ev->cookie;
+                continue;
+            }
+            bool uploaded = (ev->mask & IN_MOVED_TO) && ev->cookie != 0 &&
+                            ev->cookie == w->upload_cookie;
+            if (uploaded)
+                w->upload_cookie = 0;
             char name[4096];
             snprintf(name, sizeof(name), "%s%s%s", rel, *rel ? "/" : "", ev->name);
             sg_envd_evtype_t type;
@@ -436,6 +484,11 @@ static void on_watch_events(uv_poll_t *h, int status, int events)
             sg__stream_send(w->st, sg_envd_watch_event(name, type));
             if (w->st == NULL)
                 return;
+            if (uploaded) {
+                sg__stream_send(w->st, sg_envd_watch_event(name, SG_ENVD_EV_WRITE));
+                if (w->st == NULL)
+                    return;
+            }
         }
     }
 }

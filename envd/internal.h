@@ -135,5 +135,9 @@ int sg__fs_mkdir_parents(const char *file);
 /* ---- files.c ---- */
 void sg__files_get(sg__server_t *srv, h2o_req_t *req, const sg__user_t *user);
 void sg__files_post(sg__server_t *srv, h2o_req_t *req, const sg__user_t *user);
+/* Whether a file name is one of the temporary files an upload writes before renaming it over
+ * its target (".<target>" UPLOAD_TMP_TAG "XXXXXX"). */
+#define SG__UPLOAD_TMP_TAG ".sg-upload-"
+bool sg__files_is_upload_tmp(const char *name);
 
 #endif

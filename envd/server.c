@@ -358,8 +358,9 @@ static bool path_is(h2o_req_t *req, const char *p, size_t *rest)
     return true;
 }
 
-/* Verifies E2B's signed /files URLs: "v1_" + base64(sha256("path:op:user:token[:exp]")). */
-static bool files_signature_ok(sg__server_t *srv, h2o_req_t *req)
+/* Verifies E2B's signed /files URLs: "v1_" + base64(sha256("path:op:user:token[:exp]")). An
+ * expired one is refused before its hash is checked, with E2B's own message in *why. */
+static bool files_signature_ok(sg__server_t *srv, h2o_req_t *req, const char **why)
 {
     char *sig = sg__query_param(req, "signature");
     if (sig == NULL || srv->token == NULL)
@@ -372,8 +373,12 @@ static bool files_signature_ok(sg__server_t *srv, h2o_req_t *req)
     if (exp != NULL) {
         char *end;
         long long e = strtoll(exp, &end, 10);
-        if (*exp == '\0' || *end != '\0' || e < (long long)time(NULL))
+        if (*exp == '\0' || *end != '\0')
             return false;
+        if (e < (long long)time(NULL)) {
+            *why = "signature is already expired";
+            return false;
+        }
     }
     size_t cap = strlen(path ? path : "") + strlen(user ? user : "") + strlen(srv->token) + 64;
     char *raw = h2o_mem_alloc_pool(&req->pool, cap);
@@ -389,7 +394,8 @@ static bool files_signature_ok(sg__server_t *srv, h2o_req_t *req)
     return sg_ct_streq(expected, sig);
 }
 
-static bool authenticated(sg__server_t *srv, h2o_req_t *req, bool is_files)
+/* *why: the message of the 401 when this returns false (set beforehand to the default). */
+static bool authenticated(sg__server_t *srv, h2o_req_t *req, bool is_files, const char **why)
 {
     if (srv->token == NULL)
         return true;
@@ -401,7 +407,7 @@ static bool authenticated(sg__server_t *srv, h2o_req_t *req, bool is_files)
         tok[len] = '\0';
         return sg_ct_streq(tok, srv->token);
     }
-    return is_files && files_signature_ok(srv, req);
+    return is_files && files_signature_ok(srv, req, why);
 }
 
 /* Resolves the calling user; on failure answers the request and returns non-zero. */
@@ -477,7 +483,7 @@ static void handle_rpc(sg__server_t *srv, h2o_req_t *req, bool is_process, const
                                                   "application/connect+json"));
         return;
     }
-    if (!authenticated(srv, req, false)) {
+    if (!authenticated(srv, req, false, &(const char *){NULL})) {
         sg__rpc_fail(req, streaming, SG_ENVD_UNAUTHENTICATED, "invalid access token");
         return;
     }
@@ -602,8 +608,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
     if (h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/files"))) {
-        if (!authenticated(srv, req, true)) {
-            sg_http_error(req, 401, "invalid access token");
+        const char *why = "invalid access token";
+        if (!authenticated(srv, req, true, &why)) {
+            sg_http_error(req, 401, why);
             return 0;
         }
         sg__user_t user;
@@ -627,7 +634,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
                    req->path_normalized.len - rest);
         return 0;
     }
-    if (!authenticated(srv, req, false)) {
+    if (!authenticated(srv, req, false, &(const char *){NULL})) {
         sg_http_error(req, 401, "invalid access token");
         return 0;
     }

@@ -15,6 +15,7 @@
  *
  * A sandbox of another team is always the same 404 as an unknown one.
  */
+#include <errno.h>
 #include <string.h>
 #include <strings.h>
 #include <stdlib.h>
@@ -55,6 +56,8 @@ typedef struct {
     int timeout_s;
     bool v2;
     bool connect;
+    long long from_s, to_s; /* metrics: the requested range, unix seconds (0 = open) */
+    const char *unsupported; /* the feature a 501 names, e.g. "Snapshots are" */
 } pending_t;
 
 static void on_pending_dispose(void *p);
@@ -73,6 +76,7 @@ static void on_event(const char *kind, const char *sandbox_id, const char *team_
                      const char *node_id, const char *detail, void *data);
 static size_t url_decode(const char *in, size_t len, char *out, size_t cap);
 static long long parse_rfc3339(const char *s);
+static int query_unix_s(h2o_req_t *req, const char *name, long long *out);
 
 /* ---- worker state ---- */
 
@@ -326,7 +330,8 @@ static void create_with_template(pending_t *p, const tpl_t *t)
         .end_ms = sg_now_ms() + (long long)p->timeout_s * 1000,
         .env_vars = json_is_object(env) ? env : NULL,
         .metadata = json_is_object(meta) ? meta : NULL,
-        .secure = json_is_true(secure),
+        /* /v2 (SDK 2.51+) no longer sends "secure": every v2 sandbox is secured. */
+        .secure = p->v2 || json_is_true(secure),
         .allow_internet = !json_is_false(inet),
         .public_traffic = !json_is_false(apt),
     };
@@ -606,8 +611,15 @@ static void on_metrics_done(int err, int status, json_t *body, void *data)
                           json_object_get(body, "diskUsed"), "diskTotal",
                           json_object_get(body, "diskTotal"));
     json_t *arr = json_array();
-    if (m != NULL)
+    /* The node keeps no history, only the live sample: it is the answer when it falls in the
+     * requested range. The range comes in whole seconds (the SDK rounds), so each bound
+     * stands for its whole second either side. */
+    bool in_range = (p->from_s == 0 || ms >= (p->from_s - 1) * 1000) &&
+                    (p->to_s == 0 || ms < (p->to_s + 1) * 1000);
+    if (m != NULL && in_range)
         json_array_append_new(arr, m);
+    else if (m != NULL)
+        json_decref(m);
     sg_http_json(p->req, 200, arr);
 }
 
@@ -616,6 +628,11 @@ static void on_metrics(sg_api_call_t *call)
     pending_t *p = pending_new(call);
     if (!param_id(call, p->sbx_id, sizeof(p->sbx_id)))
         return;
+    if (query_unix_s(call->req, "start", &p->from_s) != 0 ||
+        query_unix_s(call->req, "end", &p->to_s) != 0) {
+        sg_http_error(call->req, 400, "start and end must be unix timestamps in seconds");
+        return;
+    }
     int rc = sg_sched_metrics(state_of(call)->sched, call->id.team_id, p->sbx_id, on_metrics_done,
                               p, &p->op);
     if (rc == SG_ENOTFOUND)
@@ -624,12 +641,43 @@ static void on_metrics(sg_api_call_t *call)
         sg_http_error(call->req, 500, "Out of memory");
 }
 
+static void on_unsupported_got(int err, const sg_sched_sandbox_t *sbx, void *data)
+{
+    pending_t *p = data;
+    p->op = NULL;
+    (void)sbx;
+    if (err != 0) {
+        sched_error(p, err, p->sbx_id);
+        return;
+    }
+    char msg[128];
+    snprintf(msg, sizeof(msg), "%s not supported by this server yet", p->unsupported);
+    sg_http_error(p->req, 501, msg);
+}
+
+/* E2B operations this server does not have yet: 404 for an unknown sandbox as E2B answers, else a
+ * 501 naming the feature (not the route miss's 404, which the SDK would report as "sandbox not
+ * found" for a sandbox that is running). */
 static void on_unsupported(sg_api_call_t *call)
 {
-    char id[64];
-    if (!param_id(call, id, sizeof(id)))
+    pending_t *p = pending_new(call);
+    if (!param_id(call, p->sbx_id, sizeof(p->sbx_id)))
         return;
-    sg_http_error(call->req, 501, "Pause and resume are not supported by this server yet");
+    h2o_iovec_t path = call->req->path_normalized;
+    const char *what = "Pause and resume are";
+    if (path.len >= 5 && memcmp(path.base + path.len - 5, "/fork", 5) == 0)
+        what = "Forking sandboxes is";
+    else if (path.len >= 10 && memcmp(path.base + path.len - 10, "/snapshots", 10) == 0)
+        what = "Snapshots are";
+    else if (path.len >= 8 && memcmp(path.base + path.len - 8, "/network", 8) == 0)
+        what = "Changing the network rules of a running sandbox is";
+    p->unsupported = what;
+    int rc = sg_sched_get(state_of(call)->sched, call->id.team_id, p->sbx_id, on_unsupported_got, p,
+                          &p->op);
+    if (rc == SG_ENOTFOUND)
+        not_found(call->req, p->sbx_id);
+    else if (rc != 0)
+        sg_http_error(call->req, 500, "Out of memory");
 }
 
 /* ---- templates ---- */
@@ -855,6 +903,36 @@ static size_t url_decode(const char *in, size_t len, char *out, size_t cap)
 }
 
 /* "2026-11-26T04:50:00.123Z" (fraction optional, Z or +hh:mm) to ms; -1 when malformed. */
+/* A query parameter holding a non-negative integer (unix seconds); absent leaves *out at 0. */
+static int query_unix_s(h2o_req_t *req, const char *name, long long *out)
+{
+    if (req->query_at == SIZE_MAX)
+        return 0;
+    const char *qs = req->path.base + req->query_at + 1;
+    size_t qlen = req->path.len - req->query_at - 1, nlen = strlen(name);
+    for (size_t i = 0; i < qlen;) {
+        size_t j = i;
+        while (j < qlen && qs[j] != '&')
+            j++;
+        if (j - i > nlen && memcmp(qs + i, name, nlen) == 0 && qs[i + nlen] == '=') {
+            char v[24];
+            size_t vlen = j - i - nlen - 1;
+            if (vlen == 0 || vlen >= sizeof(v))
+                return SG_EINVAL;
+            memcpy(v, qs + i + nlen + 1, vlen);
+            v[vlen] = '\0';
+            char *end;
+            errno = 0;
+            long long x = strtoll(v, &end, 10);
+            if (*end != '\0' || errno != 0 || x < 0 || x > 32503680000LL) /* year 3000 */
+                return SG_EINVAL;
+            *out = x;
+        }
+        i = j + 1;
+    }
+    return 0;
+}
+
 static long long parse_rfc3339(const char *s)
 {
     struct tm tm = {0};
@@ -900,6 +978,9 @@ const sg_route_t sg__routes_sandboxes[] = {
     {"GET", "/sandboxes/{id}/metrics", SG_ROUTE_KEY, on_metrics},
     {"POST", "/sandboxes/{id}/pause", SG_ROUTE_KEY, on_unsupported},
     {"POST", "/sandboxes/{id}/resume", SG_ROUTE_KEY, on_unsupported},
+    {"POST", "/sandboxes/{id}/fork", SG_ROUTE_KEY, on_unsupported},
+    {"POST", "/sandboxes/{id}/snapshots", SG_ROUTE_KEY, on_unsupported},
+    {"PUT", "/sandboxes/{id}/network", SG_ROUTE_KEY, on_unsupported},
     {"GET", "/templates", SG_ROUTE_KEY, on_templates},
     {NULL},
 };

@@ -110,6 +110,28 @@ int sg__proxy_rewrite_response_ka(const char *buf, size_t len, bool keepalive, b
                                   char **out, size_t *out_len, size_t *head_len, int *status,
                                   long long *body_len);
 
+/* Whether a (rewritten) final response head announces a chunked body: Transfer-Encoding whose
+ * codings include "chunked". */
+bool sg__proxy_head_chunked(const char *head, size_t len);
+
+/* Follows a chunked response body as the proxy relays it, so that an upstream that goes away
+ * mid-body (a killed sandbox) can be told from one that finished. */
+typedef struct {
+    int state;        /* CT_* in parse.c; 0 = at a chunk boundary, before the size */
+    int digits;       /* hex digits of the size line so far */
+    uint64_t left;    /* size line: the size so far; data: bytes of the chunk still to come */
+} sg__chunk_track_t;
+
+/* Feeds relayed body bytes. Returns 1 once the last chunk and trailers have passed (bytes after
+ * it are ignored), 0 while the body goes on, -1 on a body that is not valid chunked framing. */
+int sg__chunk_track(sg__chunk_track_t *t, const char *buf, size_t len);
+
+/* The bytes to send downstream before closing on an upstream that ended inside the body, so that
+ * an HTTP/1.1 client stands inside a chunk's data when the connection closes and reports a
+ * truncated body (h2o's client, like browsers, takes a close at a chunk boundary for the end of
+ * the body). Returns a static string, "" when the framing state already does that or cannot. */
+const char *sg__chunk_abort_bytes(const sg__chunk_track_t *t);
+
 /* ---- runtime (runtime_runc.c) ---------------------------------------------------------------- */
 typedef void (*sg__rt_cb)(void *data, int status, const char *errmsg);
 

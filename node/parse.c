@@ -1,6 +1,7 @@
 /*
- * The node agent's pure parsers: create-request validation, the sandbox address pool and the node
- * proxy's request-head rewrite. No I/O here, so unit tests cover every branch.
+ * The node agent's pure parsers: create-request validation, the sandbox address pool, the node
+ * proxy's request-head rewrite and its chunked-body tracking. No I/O here, so unit tests cover
+ * every branch.
  *
  * The address pool is a bitmap over the node's CIDR. Index 0 is the network, 1 the bridge (the
  * sandboxes' gateway), the last the broadcast; allocation is round robin so a freed address is
@@ -524,6 +525,113 @@ int sg__proxy_rewrite_response_ka(const char *buf, size_t len, bool keepalive, b
     *out = o;
     *out_len = n;
     return 1;
+}
+
+bool sg__proxy_head_chunked(const char *head, size_t len)
+{
+    int minor, status;
+    const char *msg;
+    size_t msg_len, nh = MAX_PROXY_HEADERS;
+    struct phr_header hs[MAX_PROXY_HEADERS];
+    if (phr_parse_response(head, len, &minor, &status, &msg, &msg_len, hs, &nh, 0) < 0)
+        return false;
+    for (size_t i = 0; i < nh; i++)
+        if (hs[i].name != NULL && hname(&hs[i], "transfer-encoding") &&
+            contains_token_ci(hs[i].value, hs[i].value_len, "chunked"))
+            return true;
+    return false;
+}
+
+enum { CT_SIZE, CT_EXT, CT_SIZE_LF, CT_DATA, CT_DATA_CR, CT_DATA_LF, CT_TRAILER_START, CT_TRAILER,
+       CT_END_LF, CT_DONE };
+
+int sg__chunk_track(sg__chunk_track_t *t, const char *buf, size_t len)
+{
+    for (size_t i = 0; i < len && t->state != CT_DONE; i++) {
+        char ch = buf[i];
+        switch (t->state) {
+        case CT_SIZE:
+            if (isxdigit((unsigned char)ch)) {
+                if (++t->digits > 15)
+                    return -1; /* past 2^60 bytes: not a real chunk */
+                t->left = t->left * 16 + (uint64_t)(isdigit((unsigned char)ch) ? ch - '0'
+                                                                               : (ch | 0x20) - 'a' + 10);
+                break;
+            }
+            if (t->digits == 0)
+                return -1;
+            if (ch == '\n')
+                goto size_done;
+            t->state = ch == '\r' ? CT_SIZE_LF : CT_EXT;
+            break;
+        case CT_EXT: /* chunk extensions: skipped up to the end of the line */
+            if (ch == '\r')
+                t->state = CT_SIZE_LF;
+            else if (ch == '\n')
+                goto size_done;
+            break;
+        case CT_SIZE_LF:
+            if (ch != '\n')
+                return -1;
+        size_done:
+            t->digits = 0;
+            t->state = t->left == 0 ? CT_TRAILER_START : CT_DATA;
+            break;
+        case CT_DATA: {
+            uint64_t take = len - i < t->left ? len - i : t->left;
+            t->left -= take;
+            i += take - 1;
+            if (t->left == 0)
+                t->state = CT_DATA_CR;
+            break;
+        }
+        case CT_DATA_CR:
+            if (ch != '\r')
+                return -1;
+            t->state = CT_DATA_LF;
+            break;
+        case CT_DATA_LF:
+            if (ch != '\n')
+                return -1;
+            t->state = CT_SIZE;
+            break;
+        case CT_TRAILER_START:
+            t->state = ch == '\r' ? CT_END_LF : ch == '\n' ? CT_DONE : CT_TRAILER;
+            break;
+        case CT_TRAILER:
+            if (ch == '\n')
+                t->state = CT_TRAILER_START;
+            break;
+        case CT_END_LF:
+            if (ch != '\n')
+                return -1;
+            t->state = CT_DONE;
+            break;
+        }
+    }
+    return t->state == CT_DONE ? 1 : 0;
+}
+
+const char *sg__chunk_abort_bytes(const sg__chunk_track_t *t)
+{
+    switch (t->state) {
+    case CT_SIZE:
+        /* At a boundary: announce one more byte that never comes. Inside a non-zero size: end
+         * the size line. A size of 0 so far could only end the body: nothing to do. */
+        if (t->digits == 0)
+            return "1\r\n";
+        return t->left > 0 ? "\r\n" : "";
+    case CT_EXT:
+        return t->left > 0 ? "\r\n" : "";
+    case CT_SIZE_LF:
+        return t->left > 0 ? "\n" : "";
+    case CT_DATA_CR:
+        return "\r\n1\r\n";
+    case CT_DATA_LF:
+        return "\n1\r\n";
+    default: /* inside data already, or in the trailers of a body that did end */
+        return "";
+    }
 }
 
 int sg__parse_hostport(const char *s, struct sockaddr_storage *out)

@@ -18,6 +18,8 @@
  * and reads the client's next request (idle bound KEEPALIVE_MS; bytes that arrived early wait in `head`). Anything else
  * (chunked, close-delimited, a response before the whole request body was taken, an early EOF)
  * falls back to the one-request connection: "Connection: close", relay until both sides end.
+ * A chunked response body is followed (sg__chunk_track) so that an upstream ending inside it (a
+ * killed sandbox) reaches the client as a truncated body, not as a complete one.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +65,8 @@ struct pconn {
     char *rhead;     /* response head being collected (HEAD_MAX) */
     size_t rhead_len;
     char *rout;      /* rewritten response head(s) being written */
+    bool chunked;    /* a chunked response body is being relayed and has not ended yet */
+    sg__chunk_track_t ct;
     int open_handles;
     bool head_reading; /* client read with on_head_read */
     /* keep-alive (see the note at the top) */
@@ -300,6 +304,11 @@ static bool response_head(pconn_t *c, dir_t *d, const char *data, size_t len)
                 c->resp_left = body_len;
             else if (c->ka)
                 fall_back_to_close(c);
+            c->chunked = status != 101 && status != 204 && status != 304 &&
+                         !c->is_head &&
+                         sg__proxy_head_chunked(out + out_len - hl, hl);
+            if (c->chunked && sg__chunk_track(&c->ct, c->rhead + off, c->rhead_len - off) != 0)
+                c->chunked = false;
             break;
         }
     }
@@ -345,6 +354,19 @@ static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     }
     if (nread < 0) {
         dir_pause(d);
+        if (d == &c->u2c && c->chunked) {
+            /* The sandbox went away inside a chunked body (killed, or its server died): make
+             * the truncation visible downstream, then close (sg__chunk_abort_bytes). */
+            const char *tail = sg__chunk_abort_bytes(&c->ct);
+            if (*tail != '\0') {
+                /* No write is pending toward the client (reads stop while one is), so these
+                 * few bytes go straight out; best effort, the close follows either way. */
+                uv_buf_t tb = uv_buf_init((char *)tail, (unsigned)strlen(tail));
+                (void)uv_try_write(d->dst, &tb, 1);
+            }
+            conn_close(c);
+            return;
+        }
         /* keep-alive: an EOF before the framed end is a truncated message */
         if (nread != UV_EOF || c->ka) {
             conn_close(c);
@@ -356,6 +378,8 @@ static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
             maybe_done(c);
         return;
     }
+    if (d == &c->u2c && c->chunked && sg__chunk_track(&c->ct, b->base, (size_t)nread) != 0)
+        c->chunked = false; /* ended (or not chunked framing after all): EOF is no truncation */
     size_t n = (size_t)nread;
     if (c->ka && d == &c->c2u) {
         if ((long long)n > c->req_left) {

@@ -781,7 +781,8 @@ static void on_list(sg_redis_t *r, redisReply *reply, void *data)
         if (keep && q->template_id != NULL && strcmp(x->template_id, q->template_id) != 0 &&
             strcmp(x->alias, q->template_id) != 0)
             keep = false;
-        if (keep && q->started_after_ms > 0 && x->started_ms <= q->started_after_ms)
+        /* Inclusive, as E2B: startedAfter=<a sandbox's startedAt> lists that sandbox. */
+        if (keep && q->started_after_ms > 0 && x->started_ms < q->started_after_ms)
             keep = false;
         if (keep && q->metadata != NULL) {
             const char *k;

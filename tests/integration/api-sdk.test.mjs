@@ -54,6 +54,83 @@ test('SDK: create, list with metadata filter, getInfo, setTimeout, connect, kill
   assert.deepEqual(await Sandbox.list({ ...opts, query: { metadata: { suite: 'sdk' } } }).nextItems(), []);
 });
 
+// Found by the E2B SDK's own suite (tests/api/list.test.ts, tests/sandbox/metrics.test.ts).
+test('SDK: startedAfter includes a sandbox started at that instant; metrics honour start/end', async () => {
+  const a = await Sandbox.create('base', { ...opts, metadata: { suite: 'sdk-range' } });
+  try {
+    const info = await a.getInfo();
+    const list = (startedAfter) =>
+      Sandbox.list({ ...opts, query: { metadata: { suite: 'sdk-range' }, startedAfter } }).nextItems();
+    assert.deepEqual((await list(info.startedAt)).map((x) => x.sandboxId), [a.sandboxId]);
+    assert.deepEqual(await list(new Date(info.startedAt.getTime() + 1000)), []);
+
+    const hour = 3600 * 1000;
+    const now = await a.getMetrics({ start: new Date(Date.now() - hour), end: new Date(Date.now() + hour) });
+    assert.equal(now.length, 1, 'the live sample lies in a range around now');
+    assert.deepEqual(await a.getMetrics({ start: new Date(Date.now() - hour), end: new Date(Date.now() - hour / 2) }), [],
+      'a range that ended half an hour ago has no samples');
+    assert.deepEqual(await a.getMetrics({ start: new Date(Date.now() + hour) }), [], 'nor one that starts in an hour');
+    for (const q of ['start=abc', 'end=-5', 'start=', 'end=1e9']) {
+      const r = await fetch(`${s.gw.url}/sandboxes/${a.sandboxId}/metrics?${q}`, { headers: { 'x-api-key': opts.apiKey } });
+      assert.equal(r.status, 400, q);
+      assert.equal((await r.json()).code, 400, q);
+    }
+  } finally {
+    await a.kill();
+  }
+});
+
+// Found by the E2B SDK's own suite (tests/sandbox/files/signing.test.ts, secure.test.ts): SDK 2.51
+// no longer sends "secure" (POST /v2/sandboxes is "always secured"), so without it every
+// sandbox made by the pinned SDK had no envd access token and no signed file URLs.
+test('SDK: a sandbox made through /v2 is always secured (access token, signed URLs)', async () => {
+  const a = await Sandbox.create('base', opts);
+  try {
+    const url = new URL(await a.downloadUrl('/etc/hostname', { useSignatureExpiration: 10000 }));
+    assert.match(url.searchParams.get('signature'), /^v1_/);
+    const raw = await fetch(`${s.gw.url}/v2/sandboxes`, {
+      method: 'POST', headers: { 'x-api-key': opts.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ templateID: 'base', secure: false }),
+    });
+    assert.equal(raw.status, 201);
+    const made = await raw.json();
+    assert.match(made.envdAccessToken ?? '', /^[0-9a-f]{64}$/, 'secure: false is ignored on /v2');
+    assert.equal(await Sandbox.kill(made.sandboxID, opts), true);
+    const v1 = await fetch(`${s.gw.url}/sandboxes`, {
+      method: 'POST', headers: { 'x-api-key': opts.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ templateID: 'base' }),
+    });
+    const old = await v1.json();
+    assert.equal(old.envdAccessToken, null, 'the v1 route keeps "secure" opt-in');
+    assert.equal(await Sandbox.kill(old.sandboxID, opts), true);
+  } finally {
+    await a.kill();
+  }
+});
+
+// Found by the E2B SDK's own suite (fork, snapshot-api, network tests): features we lack answered
+// the route miss's 404, which the SDK reports as "sandbox not found" for a running sandbox.
+test('API: fork, snapshots and network updates answer 501 naming the feature (404 for an unknown sandbox)', async () => {
+  const a = await Sandbox.create('base', opts);
+  try {
+    for (const [method, p, what] of [['POST', 'fork', /Forking/], ['POST', 'snapshots', /Snapshots/],
+      ['PUT', 'network', /network rules/], ['POST', 'pause', /Pause and resume/]]) {
+      const r = await fetch(`${s.gw.url}/sandboxes/${a.sandboxId}/${p}`, {
+        method, headers: { 'x-api-key': opts.apiKey, 'content-type': 'application/json' }, body: '{}',
+      });
+      assert.equal(r.status, 501, p);
+      const body = await r.json();
+      assert.equal(body.code, 501, p);
+      assert.match(body.message, what, p);
+    }
+    await a.kill();
+    const gone = await fetch(`${s.gw.url}/sandboxes/${a.sandboxId}/fork`, { method: 'POST', headers: { 'x-api-key': opts.apiKey } });
+    assert.equal(gone.status, 404, 'an unknown sandbox stays a 404, as E2B answers');
+  } finally {
+    await a.kill();
+  }
+});
+
 test('SDK: the team limit surfaces as a rate-limit error; a bad key as an auth error', async () => {
   const key = team(s.config, 'sdk-small', '--max-concurrent', '1');
   const o = { ...opts, apiKey: key };

@@ -19,7 +19,7 @@ import tls from 'node:tls';
 import { execFileSync, execFile } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { Sandbox, CommandExitError } from 'e2b';
+import { Sandbox, CommandExitError, TimeoutError } from 'e2b';
 import { startCluster, canRun, teamKey, clusterLogs, DOMAIN } from '../e2e/cluster.mjs';
 import { waitFor } from './lib/node-harness.mjs';
 import { launch, freePort, tmpdir, onCleanup, SANDGATE, waitFor as waitUntil } from './lib/services.mjs';
@@ -240,6 +240,20 @@ try {
 }
 console.log(JSON.stringify(out));
 `;
+
+// Found by the E2B SDK's own suite (tests/sandbox/commands/sandboxKilledDuringRun.test.ts): a
+// command stream cut by a kill must reach the client as a cut (h2o's proxy client takes a close
+// at a chunk boundary for a complete body), so the SDK can tell the sandbox is gone.
+test('killing a sandbox mid-command surfaces as the SDK\'s "sandbox was killed" TimeoutError', { skip: skip || false, timeout: 120000 }, () => withLogs(async () => {
+  for (const gw of [gwA, gwB]) {
+    const sbx = await Sandbox.create('base', sdk(gw));
+    const cmd = await sbx.commands.run('sleep 60', { background: true });
+    assert.equal(await sbx.kill(), true);
+    const err = await cmd.wait().catch((e) => e);
+    assert.ok(err instanceof TimeoutError, `${err?.constructor?.name}: ${err?.message}`);
+    assert.match(err.message, /sandbox was killed or reached its end of life/);
+  }
+}));
 
 test('host subdomains over TLS: https://api.<domain> and https://49983-<id>.<domain> with a test CA', { skip: skip || false, timeout: 180000 }, () => withLogs(async () => {
   const dir = tmpdir('tls');

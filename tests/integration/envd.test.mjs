@@ -198,6 +198,28 @@ describe('envd with the e2b SDK', () => {
       assert.equal(await sbx.files.exists('tree'), false);
     });
 
+    // Found by the E2B SDK's own suite (tests/sandbox/files/list.test.ts, info.test.ts).
+    it('lists in name order, each folder followed by its contents, as E2B does', async () => {
+      const names = ['a1', 'b2', 'c3', 'd4', 'e5', 'f6', 'g7', 'h8'];
+      for (const n of names) await sbx.files.makeDir(`ordered/${n}`);
+      await sbx.files.write('ordered/a1/z.txt', 'z');
+      await sbx.files.write('ordered/a1/y.txt', 'y');
+      const l = await sbx.files.list('ordered', { depth: 2 });
+      assert.deepEqual(l.map((e) => e.path.slice('/home/user/ordered/'.length)),
+        ['a1', 'a1/y.txt', 'a1/z.txt', ...names.slice(1)]);
+      await sbx.files.remove('ordered');
+    });
+
+    it('reports a symlink target as the resolved absolute path', async () => {
+      await sbx.files.write('linked/target.txt', 't');
+      await sbx.commands.run('cd linked && ln -s target.txt rel-link && ln -s missing dangling');
+      const info = await sbx.files.getInfo('linked/rel-link');
+      assert.equal(info.symlinkTarget, '/home/user/linked/target.txt');
+      assert.equal(info.type, 'file');
+      assert.equal((await sbx.files.getInfo('linked/dangling')).symlinkTarget, 'missing');
+      await sbx.files.remove('linked');
+    });
+
     it('raises FileNotFoundError for a missing file', async () => {
       await assert.rejects(sbx.files.read('/nope/missing.txt'), FileNotFoundError);
       await assert.rejects(sbx.files.getInfo('/nope/missing.txt'), FileNotFoundError);
@@ -241,9 +263,54 @@ describe('envd with the e2b SDK', () => {
       assert.ok(kinds.includes(`inner/deep.txt:${FilesystemEventType.CREATE}`), kinds.join(','));
       assert.ok(kinds.includes(`new.txt:${FilesystemEventType.REMOVE}`), kinds.join(','));
     });
+    // Found by the E2B SDK's own suite (tests/sandbox/files/watch.test.ts): an upload is written
+    // to a temporary file and renamed over its target; a watcher must see a write of the target.
+    it('shows an overwrite as a write of the file, never the upload\'s temporary file', async () => {
+      await sbx.files.write('rewatched/f.txt', 'one');
+      const events = [];
+      const handle = await sbx.files.watchDir('rewatched', (e) => events.push(e));
+      await sbx.files.write('rewatched/f.txt', 'two');
+      await sbx.files.write('rewatched/g.txt', 'new');
+      const kinds = () => events.map((e) => `${e.name}:${e.type}`);
+      const want = [`f.txt:${FilesystemEventType.WRITE}`, `g.txt:${FilesystemEventType.WRITE}`];
+      const deadline = Date.now() + 5000;
+      while (Date.now() < deadline && !want.every((k) => kinds().includes(k))) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await handle.stop();
+      assert.ok(kinds().includes(want[0]), kinds().join(','));
+      assert.ok(kinds().includes(`g.txt:${FilesystemEventType.CREATE}`), kinds().join(','));
+      assert.ok(kinds().includes(want[1]), kinds().join(','));
+      assert.ok(events.every((e) => e.name === 'f.txt' || e.name === 'g.txt'), kinds().join(','));
+      await sbx.files.remove('rewatched');
+    });
   });
 
   describe('access token', () => {
+    // Found by the E2B SDK's own suite (tests/sandbox/files/signing.test.ts).
+    it('serves signed file URLs; refuses expired ones with E2B\'s message and forged ones', async () => {
+      await sbx.files.write('signed.txt', 'signed body');
+      const ok = await fetch(await sbx.downloadUrl('signed.txt', { useSignatureExpiration: 10000 }));
+      assert.equal(ok.status, 200);
+      assert.equal(await ok.text(), 'signed body');
+      const form = new FormData();
+      form.append('file', new Blob(['up']), 'x.txt');
+      const up = await fetch(await sbx.uploadUrl('signed-up.txt', { useSignatureExpiration: 10000 }), { method: 'POST', body: form });
+      assert.equal(up.status, 200);
+      assert.equal(await sbx.files.read('signed-up.txt'), 'up');
+      for (const url of [await sbx.downloadUrl('signed.txt', { useSignatureExpiration: -10000 }),
+        await sbx.uploadUrl('late.txt', { useSignatureExpiration: -100000 })]) {
+        const r = await fetch(url, { method: url.includes('late.txt') ? 'POST' : 'GET', body: url.includes('late.txt') ? form : undefined });
+        assert.equal(r.status, 401);
+        assert.deepEqual(await r.json(), { code: 401, message: 'signature is already expired' });
+      }
+      const forged = new URL(await sbx.downloadUrl('signed.txt', { useSignatureExpiration: 10000 }));
+      forged.searchParams.set('path', '/etc/shadow');
+      const f = await fetch(forged);
+      assert.equal(f.status, 401);
+      assert.deepEqual(await f.json(), { code: 401, message: 'invalid access token' });
+    });
+
     it('unlinked the token file after reading it', async () => {
       assert.equal(await sbx.files.exists('/run/sandgate/token', { user: 'root' }), false);
     });
