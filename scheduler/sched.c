@@ -73,6 +73,7 @@ struct sg_sched_op {
     sg_sched_end_mode_t mode;
     char action[16];
     bool in_call;          /* inside sg_sched_create: completions must be deferred */
+    bool refreshed;        /* placement waited for a fresh view once */
     bool renamed;          /* id changed after a collision: node_body must follow */
     struct deferred *deferred;
 };
@@ -126,6 +127,8 @@ struct sg_sched {
 static sg_sched_op_t *op_new(sg_sched_t *s, op_kind_t kind, void *cb, void *data);
 static void op_free(sg_sched_op_t *op);
 static void create_next(sg_sched_op_t *op);
+static void place(sg_sched_op_t *op);
+static void on_fresh_view(int err, void *data);
 static void create_fail(sg_sched_op_t *op, int err);
 static void on_reserve(sg_redis_t *r, redisReply *reply, void *data);
 static void on_node_created(int err, int status, const char *body, size_t len, void *data);
@@ -364,19 +367,7 @@ sg_sched_op_t *sg_sched_create(sg_sched_t *s, const sg_sched_create_req_t *req,
         goto fail;
     json_decref(body);
     op->deadline_ns = sg_mono_ns() + (uint64_t)s->cfg.create_timeout_ms * 1000000ull;
-    /* The best few candidates now; later attempts re-check them against the live view. */
-    sg__fit_req_t fit = {.vcpu = req->vcpu, .mem_mb = req->mem_mb, .template_id = op->template_id,
-                         .labels = op->labels, .overcommit = s->cfg.cpu_overcommit,
-                         .down_after_ms = s->cfg.node_down_after_ms, .policy = s->cfg.policy};
-    long long now = sg_now_ms();
-    size_t idx[10];
-    size_t n = sg__place(&s->view, &fit, now, idx, (size_t)s->cfg.max_attempts + 4);
-    for (size_t i = 0; i < n && op->ncand < (size_t)s->cfg.max_attempts; i++) {
-        const sg__node_t *nd = &s->view.nodes[idx[i]];
-        if (node_suspect(s, nd->id, now))
-            continue;
-        snprintf(op->cand_ids[op->ncand++], sizeof(op->cand_ids[0]), "%s", nd->id);
-    }
+    place(op);
     /* Each step starts from a loop callback; the first one from a Redis reply or, with no
      * candidate at all, from a zero timer (so cb never runs inside this call). */
     op->in_call = true;
@@ -392,6 +383,36 @@ fail:
 
 static void on_noroom_timer(uv_timer_t *t);
 static void on_noroom_closed(uv_handle_t *h);
+
+/* The best few candidates from the current view; later attempts re-check them against the live
+ * view. */
+static void place(sg_sched_op_t *op)
+{
+    sg_sched_t *s = op->s;
+    sg__fit_req_t fit = {.vcpu = op->req.vcpu, .mem_mb = op->req.mem_mb,
+                         .template_id = op->template_id, .labels = op->labels,
+                         .overcommit = s->cfg.cpu_overcommit,
+                         .down_after_ms = s->cfg.node_down_after_ms, .policy = s->cfg.policy};
+    long long now = sg_now_ms();
+    size_t idx[10];
+    size_t n = sg__place(&s->view, &fit, now, idx, (size_t)s->cfg.max_attempts + 4);
+    op->ncand = 0;
+    op->attempt = 0;
+    for (size_t i = 0; i < n && op->ncand < (size_t)s->cfg.max_attempts; i++) {
+        const sg__node_t *nd = &s->view.nodes[idx[i]];
+        if (node_suspect(s, nd->id, now))
+            continue;
+        snprintf(op->cand_ids[op->ncand++], sizeof(op->cand_ids[0]), "%s", nd->id);
+    }
+}
+
+/* After the refresh sg_sched_create asked for (a loop callback: completing here is allowed). */
+static void on_fresh_view(int err, void *data)
+{
+    sg_sched_op_t *op = data;
+    place(op);
+    create_next(op);
+}
 
 typedef struct deferred {
     uv_timer_t t;
@@ -410,6 +431,15 @@ static void create_fail(sg_sched_op_t *op, int err)
 static void create_next(sg_sched_op_t *op)
 {
     sg_sched_t *s = op->s;
+    if (op->attempt >= op->ncand && !op->refreshed && sg_mono_ns() <= op->deadline_ns &&
+        sg_sched_refresh(s, on_fresh_view, op) == 0) {
+        /* No node of this gateway's view took it, and that view can be a refresh old (a node
+         * that just registered, room just freed, one just filled by another gateway): place
+         * once more on a fresh view before saying no. */
+        op->refreshed = true;
+        op->nreq = NULL;
+        return;
+    }
     if (op->attempt >= op->ncand || sg_mono_ns() > op->deadline_ns) {
         int err = op->attempt >= op->ncand ? SG_ENOROOM : SG_ETIMEOUT;
         if (op->in_call) {
