@@ -93,6 +93,7 @@ typedef struct {
         int connect_timeout_ms;  /* default 5000 */
         int header_timeout_ms;   /* slowloris guard, default 10000 */
         int max_connections_per_ip; /* default 256, 0 = unlimited */
+        int max_upstream_per_sandbox; /* requests in flight to one sandbox, default 1024, 0 = unlimited */
         int rate_limit_rps;      /* per client address, default 0 = off */
         int rate_limit_burst;    /* default 100 */
     } http;

@@ -298,6 +298,9 @@ static const sg__field_t http_fields[] = {
         "Time a client gets to send request headers (slowloris guard)."),
     INT(SEC(GW, http), max_connections_per_ip, "256", 0, 1000000,
         "Concurrent connections per client address; 0 = unlimited."),
+    INT(SEC(GW, http), max_upstream_per_sandbox, "1024", 0, 1000000,
+        "Requests in flight to one sandbox, over every client and gateway thread (429 past it); "
+        "0 = unlimited."),
     INT(SEC(GW, http), rate_limit_rps, "0", 0, 1000000,
         "Requests per second per client address; 0 = no rate limit."),
     INT(SEC(GW, http), rate_limit_burst, "100", 1, 1000000,

@@ -1,7 +1,8 @@
 /*
- * connlimit: open client connections per client address (http.max_connections_per_ip), counted
- * across every worker thread so a client gets the same limit whichever workers the kernel hands
- * its connections to.
+ * connlimit: open client connections per client address (http.max_connections_per_ip), and
+ * requests in flight to each sandbox (http.max_upstream_per_sandbox), counted across every worker
+ * thread so a limit is the same whichever workers the kernel hands the connections to. Two
+ * tables of the same kind, keyed by 16 bytes (an IPv6 address; a sandbox id's SHA-256 prefix).
  *
  * Owns a fixed, set-associative table: BUCKETS buckets of WAYS entries, an address hashing to one
  * bucket (bounded memory whatever the number of clients). An entry whose count is 0 is free. When
@@ -27,9 +28,55 @@ typedef struct {
     int count;        /* open connections; 0 = free entry */
 } entry_t;
 
-static entry_t table[BUCKETS * WAYS];
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static _Atomic uint64_t over_limit, untracked; /* for /metrics */
+typedef struct {
+    entry_t table[BUCKETS * WAYS];
+    pthread_mutex_t lock;
+    _Atomic uint64_t over_limit, untracked; /* for /metrics */
+} ctab_t;
+
+static ctab_t clients = {.lock = PTHREAD_MUTEX_INITIALIZER};
+static ctab_t sandboxes = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static int tab_acquire(ctab_t *t, const uint8_t key[16], int *count)
+{
+    entry_t *table = t->table;
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < 16; i++)
+        h = (h ^ key[i]) * 16777619u;
+    entry_t *b = &table[(h % BUCKETS) * WAYS];
+    int slot = -1, free_way = -1;
+
+    *count = 0;
+    pthread_mutex_lock(&t->lock);
+    for (int i = 0; i < WAYS; i++) {
+        if (b[i].count > 0 && memcmp(b[i].addr, key, 16) == 0) {
+            slot = i;
+            break;
+        }
+        if (b[i].count == 0 && free_way < 0)
+            free_way = i;
+    }
+    if (slot < 0 && free_way >= 0) {
+        slot = free_way;
+        memcpy(b[slot].addr, key, 16);
+    }
+    if (slot >= 0)
+        *count = ++b[slot].count;
+    pthread_mutex_unlock(&t->lock);
+    if (slot < 0)
+        atomic_fetch_add_explicit(&t->untracked, 1, memory_order_relaxed);
+    return slot < 0 ? -1 : (int)(b - table) + slot;
+}
+
+static void tab_release(ctab_t *t, int slot)
+{
+    if (slot < 0 || slot >= BUCKETS * WAYS)
+        return;
+    pthread_mutex_lock(&t->lock);
+    if (t->table[slot].count > 0)
+        t->table[slot].count--;
+    pthread_mutex_unlock(&t->lock);
+}
 
 int sg__connlimit_acquire(const struct sockaddr *sa, int *count)
 {
@@ -43,50 +90,37 @@ int sg__connlimit_acquire(const struct sockaddr *sa, int *count)
     } else {
         return -1; /* nothing to key on */
     }
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < sizeof(key); i++)
-        h = (h ^ key[i]) * 16777619u;
-    entry_t *b = &table[(h % BUCKETS) * WAYS];
-    int slot = -1, free_way = -1;
-
-    pthread_mutex_lock(&lock);
-    for (int i = 0; i < WAYS; i++) {
-        if (b[i].count > 0 && memcmp(b[i].addr, key, sizeof(key)) == 0) {
-            slot = i;
-            break;
-        }
-        if (b[i].count == 0 && free_way < 0)
-            free_way = i;
-    }
-    if (slot < 0 && free_way >= 0) {
-        slot = free_way;
-        memcpy(b[slot].addr, key, sizeof(key));
-    }
-    if (slot >= 0)
-        *count = ++b[slot].count;
-    pthread_mutex_unlock(&lock);
-    if (slot < 0)
-        atomic_fetch_add_explicit(&untracked, 1, memory_order_relaxed);
-    return slot < 0 ? -1 : (int)(b - table) + slot;
+    return tab_acquire(&clients, key, count);
 }
+
+void sg__connlimit_release(int slot) { tab_release(&clients, slot); }
 
 void sg__connlimit_note_over(void)
 {
-    atomic_fetch_add_explicit(&over_limit, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&clients.over_limit, 1, memory_order_relaxed);
 }
 
 void sg__connlimit_stats(uint64_t *over, uint64_t *untracked_out)
 {
-    *over = atomic_load_explicit(&over_limit, memory_order_relaxed);
-    *untracked_out = atomic_load_explicit(&untracked, memory_order_relaxed);
+    *over = atomic_load_explicit(&clients.over_limit, memory_order_relaxed);
+    *untracked_out = atomic_load_explicit(&clients.untracked, memory_order_relaxed);
 }
 
-void sg__connlimit_release(int slot)
+int sg__upstream_acquire(const char *sandbox_id, int *count)
 {
-    if (slot < 0 || slot >= BUCKETS * WAYS)
-        return;
-    pthread_mutex_lock(&lock);
-    if (table[slot].count > 0)
-        table[slot].count--;
-    pthread_mutex_unlock(&lock);
+    uint8_t digest[32];
+    sg_sha256(sandbox_id, strlen(sandbox_id), digest);
+    return tab_acquire(&sandboxes, digest, count);
+}
+
+void sg__upstream_release(int slot) { tab_release(&sandboxes, slot); }
+
+void sg__upstream_note_over(void)
+{
+    atomic_fetch_add_explicit(&sandboxes.over_limit, 1, memory_order_relaxed);
+}
+
+uint64_t sg__upstream_over_total(void)
+{
+    return atomic_load_explicit(&sandboxes.over_limit, memory_order_relaxed);
 }

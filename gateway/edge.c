@@ -261,6 +261,26 @@ static bool drop_header(const h2o_iovec_t *name)
     return false;
 }
 
+/* http.max_upstream_per_sandbox: the request is counted against its sandbox (every worker) until
+ * its pool goes, i.e. when h2o is done with it (a WebSocket only until the upgrade: the tunnel is
+ * h2o's). Over the cap: 429 and true. */
+static void on_upstream_dispose(void *p) { sg__upstream_release(*(int *)p); }
+
+static bool over_upstream_cap(h2o_req_t *req, const char *sandbox_id)
+{
+    int cap = sg_server.cfg.http.max_upstream_per_sandbox, count;
+    if (cap <= 0)
+        return false;
+    int *slot = h2o_mem_alloc_shared(&req->pool, sizeof(*slot), on_upstream_dispose);
+    *slot = sg__upstream_acquire(sandbox_id, &count);
+    if (count <= cap)
+        return false;
+    sg__upstream_note_over();
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
+    sg_http_error(req, 429, "Too many concurrent requests to this sandbox");
+    return true;
+}
+
 static void forward(sg__edge_worker_t *e, h2o_req_t *req, const sg_routing_t *rt,
                     const cache_entry_t *ent)
 {
@@ -282,6 +302,9 @@ static void forward(sg__edge_worker_t *e, h2o_req_t *req, const sg_routing_t *rt
             return;
         }
     }
+
+    if (over_upstream_cap(req, rt->sandbox_id))
+        return;
 
     /* Node proxy address "host:port" or "[v6]:port". */
     const char *colon = strrchr(ent->proxy, ':');

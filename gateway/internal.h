@@ -163,6 +163,11 @@ void sg__connlimit_release(int slot);
 /* Counts one connection refused for being over the limit; the totals for /metrics. Any thread. */
 void sg__connlimit_note_over(void);
 void sg__connlimit_stats(uint64_t *over_limit, uint64_t *untracked);
+/* The same for requests in flight to one sandbox (http.max_upstream_per_sandbox). */
+int sg__upstream_acquire(const char *sandbox_id, int *count);
+void sg__upstream_release(int slot);
+void sg__upstream_note_over(void);
+uint64_t sg__upstream_over_total(void);
 
 /* metrics.c */
 void sg__metrics_observe(sg_worker_t *w, int route, int status, uint64_t us);

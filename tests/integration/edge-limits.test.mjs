@@ -4,10 +4,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
+import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import {
-  stack, gatewayConfig, launch, tmpdir, freePort, waitFor, onCleanup, SANDGATE,
+  stack, gatewayConfig, launch, tmpdir, freePort, waitFor, onCleanup, SANDGATE, startGateway,
 } from './lib/services.mjs';
 
 let s;
@@ -164,4 +166,52 @@ test('max_connections_per_ip: N connections served, N+1 gets 429 and is closed, 
   } finally {
     proc.kill('SIGKILL');
   }
+});
+
+// http.max_upstream_per_sandbox: requests in flight to one sandbox, over every worker. A catalog
+// entry points the sandbox at a stand-in node proxy (this process) that holds every request until
+// told to answer, so the count is exact.
+test('max_upstream_per_sandbox: past the cap a sandbox request gets 429 + Retry-After; others and later ones pass', { timeout: 60000 }, async () => {
+  const held = [];
+  const upstream = http.createServer((req, res) => { held.push(res); });
+  await new Promise((r) => upstream.listen(0, '127.0.0.1', r));
+  onCleanup(() => upstream.close());
+  const up = upstream.address().port;
+  const redisCli = (...a) => execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', s.redis.address.split(':')[1], ...a]);
+  const far = String(Date.now() + 3600_000);
+  for (const id of ['capsbx1', 'capsbx2'])
+    redisCli('HSET', `{sg}:sbx:${id}`, 'node', 'capnode', 'public', '1', 'end', far);
+  redisCli('HSET', '{sg}:node:capnode', 'proxy', `127.0.0.1:${up}`, 'heartbeat_ms', far);
+  const gw = await startGateway({ pg: s.pg, redis: s.redis, name: 'gwcap', extra: 'http:\n  max_upstream_per_sandbox: 2\n' });
+  onCleanup(() => gw.stop('SIGKILL'));
+  // node:http, not fetch (which will not send a Host of our choosing); a fresh connection each
+  const get = (id) => new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port: gw.port, path: '/x', agent: false,
+      headers: { host: `8000-${id}.sandgate.test` } }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body }));
+    }).on('error', reject);
+  });
+  const a = [get('capsbx1'), get('capsbx1')];
+  await waitFor(() => held.length === 2, { what: 'two requests held upstream' });
+  const third = await get('capsbx1');
+  assert.equal(third.status, 429);
+  assert.equal(third.headers['retry-after'], '1');
+  assert.deepEqual(JSON.parse(third.body), { code: 429, message: 'Too many concurrent requests to this sandbox' });
+  // another sandbox has its own count
+  const other = get('capsbx2');
+  await waitFor(() => held.length === 3, { what: 'the other sandbox passes' });
+  for (const res of held.splice(0)) res.end('ok');
+  for (const r of [...await Promise.all(a), await other]) assert.equal(r.status, 200);
+  // the finished requests no longer count
+  const later = get('capsbx1');
+  await waitFor(() => held.length === 1, { what: 'a later request passes' });
+  held.splice(0).forEach((res) => res.end('ok'));
+  assert.equal((await later).status, 200);
+  const m = await (await fetch(`${gw.url}/metrics`)).text();
+  assert.match(m, /^sandgate_upstream_over_limit_total 1$/m);
+  await gw.stop('SIGKILL');
+  upstream.closeAllConnections();
+  upstream.close();
 });
