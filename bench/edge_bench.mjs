@@ -148,8 +148,9 @@ http {
         c.runs[who].push(res);
         if (res.non2xx && !c.sampled) { // what the failures are (wrk only counts them)
           c.sampled = true;
-          const out = execFileSync('curl', ['-sk', '-m', '5', '-H', `Host: ${host}`, '-w', ' [%{http_code}]', c[who]],
-            { encoding: 'utf8' }).slice(-200);
+          // status and size only: a 1 MiB body would overflow execFileSync's buffer
+          const out = execFileSync('curl', ['-sk', '-m', '5', '-o', '/dev/null', '-H', `Host: ${host}`,
+            '-w', '[%{http_code}] %{size_download} bytes', c[who]], { encoding: 'utf8' });
           console.log(`    a request right after: ${out}`);
         }
         console.log(`  round ${round + 1} ${c.name} ${who.padEnd(7)} ${res.rps.toFixed(0).padStart(7)} req/s p99 ${res.p99.toFixed(2)} ms` +
