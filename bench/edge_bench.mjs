@@ -9,7 +9,8 @@
 // tree (build/), wrk and /usr/sbin/nginx.
 //
 //   node bench/edge_bench.mjs   (env: SG_BENCH_ROUNDS=3, SG_BENCH_DURATION=10, SG_BENCH_CONNS=64,
-//                                SG_BENCH_THREADS=2 (wrk threads))
+//                                SG_BENCH_THREADS=2 (wrk threads), SG_BENCH_CASES="1 MiB HTTP,...",
+//                                SG_BENCH_GW_EXTRA=<gateway YAML appended>)
 // The gateway runs the test configuration's 2 worker threads; nginx gets worker_processes 2.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -62,7 +63,7 @@ try {
   createTeam(cfg, 'bench', '--max-concurrent', '4', '--max-timeout', '3600');
   const key = createKey(cfg, 'bench');
   // (the gateway's rate limit is off by default, as nginx has none)
-  const gw = await startGateway({ pg, redis, tls: true });
+  const gw = await startGateway({ pg, redis, tls: true, extra: process.env.SG_BENCH_GW_EXTRA || '' });
   const sbx = await Sandbox.create('base', { apiKey: key, apiUrl: gw.url, sandboxUrl: gw.url, domain: DOMAIN,
     requestTimeoutMs: 60000, timeoutMs: 3600000 });
 
@@ -137,6 +138,11 @@ http {
       });
     }
   }
+  // SG_BENCH_CASES="1 MiB HTTP,100 B TLS": only those cases
+  if (process.env.SG_BENCH_CASES) {
+    const keep = process.env.SG_BENCH_CASES.split(',').map((x) => x.trim());
+    cases.splice(0, cases.length, ...cases.filter((c) => keep.includes(c.name.trim())));
+  }
   console.log(`cpus=${os.cpus().length} wrk -t${THREADS} -c${CONNS} -d${DURATION}s --latency; gateway threads=${WORKERS}, nginx workers=${WORKERS}; rounds=${ROUNDS}`);
   console.log(`load before: ${loadavg()}`);
   for (const c of cases) { wrk(c.gateway, host, 2); wrk(c.nginx, host, 2); } // warm-up
@@ -159,6 +165,11 @@ http {
     }
   }
   console.log(`load after: ${loadavg()}`);
+  // What the gateway still holds once every client is gone (a stuck request would show here).
+  await new Promise((r) => setTimeout(r, 2000));
+  const after = execFileSync('curl', ['-sk', '-o', '/dev/null', '-m', '5', '-w', '%{http_code}', '-H', `Host: ${host}`,
+    cases[0].gateway], { encoding: 'utf8' });
+  console.log(`a gateway request after the runs: ${after}`);
   const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   console.log('\n(medians of the rounds; a case with non-2xx answers in any round is marked *: not a valid figure)');
   console.log('case          | gateway req/s  p99 ms | nginx req/s  p99 ms | rps ratio | p99 ratio');
