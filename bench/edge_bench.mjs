@@ -166,7 +166,14 @@ http {
   }
   console.log(`load after: ${loadavg()}`);
   // What the gateway still holds once every client is gone (a stuck request would show here).
+  const held = () => ['port', 'tlsPort'].map((k) => execFileSync('ss', ['-Htn', 'state', 'connected',
+    `( sport = :${gw[k]} )`], { encoding: 'utf8' }).split('\n').filter(Boolean).length);
+  console.log(`gateway connections still open (any state but listening/time-wait; plain, TLS): ${held().join(', ')}`);
   await new Promise((r) => setTimeout(r, 2000));
+  console.log(`... 2 s later: ${held().join(', ')}`);
+  for (const st of ['close-wait', 'time-wait', 'established', 'fin-wait-1', 'fin-wait-2'])
+    console.log(`  ${st}: ${['port', 'tlsPort'].map((k) => execFileSync('ss', ['-Htn', 'state', st,
+      `( sport = :${gw[k]} )`], { encoding: 'utf8' }).split('\n').filter(Boolean).length).join(', ')}`);
   const after = execFileSync('curl', ['-sk', '-o', '/dev/null', '-m', '5', '-w', '%{http_code}', '-H', `Host: ${host}`,
     cases[0].gateway], { encoding: 'utf8' });
   console.log(`a gateway request after the runs: ${after}`);
