@@ -98,7 +98,8 @@ http {
 error_log ${nd}/error.log; pid ${nd}/nginx.pid;
 events { worker_connections 4096; }
 http {
-  access_log off; client_body_temp_path ${nd}/b; proxy_temp_path ${nd}/p; fastcgi_temp_path ${nd}/f;
+  # an access log line per request, as the gateway writes one (the comparison is like for like)
+  access_log ${nd}/access.log; client_body_temp_path ${nd}/b; proxy_temp_path ${nd}/p; fastcgi_temp_path ${nd}/f;
   uwsgi_temp_path ${nd}/u; scgi_temp_path ${nd}/s; keepalive_requests 100000;
   upstream node { server ${proxyAddr}; keepalive 128; }
   server {
@@ -171,6 +172,8 @@ http {
   console.log(`gateway connections still open (any state but listening/time-wait; plain, TLS): ${held().join(', ')}`);
   await new Promise((r) => setTimeout(r, 2000));
   console.log(`... 2 s later: ${held().join(', ')}`);
+  const met = execFileSync('curl', ['-s', '-H', 'Host: api.sandgate.test', `http://127.0.0.1:${gw.port}/metrics`], { encoding: 'utf8' });
+  console.log(`  gateway's own count: ${(met.match(/^sandgate_connections_counted \d+$/m) || ['?'])[0]}`);
   for (const st of ['close-wait', 'time-wait', 'established', 'fin-wait-1', 'fin-wait-2'])
     console.log(`  ${st}: ${['port', 'tlsPort'].map((k) => execFileSync('ss', ['-Htn', 'state', st,
       `( sport = :${gw[k]} )`], { encoding: 'utf8' }).split('\n').filter(Boolean).length).join(', ')}`);

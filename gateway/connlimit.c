@@ -100,6 +100,17 @@ void sg__connlimit_note_over(void)
     atomic_fetch_add_explicit(&clients.over_limit, 1, memory_order_relaxed);
 }
 
+/* Connections counted right now, over every address (a gauge for /metrics: a scan of the table). */
+uint64_t sg__connlimit_open(void)
+{
+    uint64_t n = 0;
+    pthread_mutex_lock(&clients.lock);
+    for (size_t i = 0; i < BUCKETS * WAYS; i++)
+        n += (uint64_t)clients.table[i].count;
+    pthread_mutex_unlock(&clients.lock);
+    return n;
+}
+
 void sg__connlimit_stats(uint64_t *over, uint64_t *untracked_out)
 {
     *over = atomic_load_explicit(&clients.over_limit, memory_order_relaxed);

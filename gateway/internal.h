@@ -163,6 +163,7 @@ void sg__connlimit_release(int slot);
 /* Counts one connection refused for being over the limit; the totals for /metrics. Any thread. */
 void sg__connlimit_note_over(void);
 void sg__connlimit_stats(uint64_t *over_limit, uint64_t *untracked);
+uint64_t sg__connlimit_open(void);
 /* The same for requests in flight to one sandbox (http.max_upstream_per_sandbox). */
 int sg__upstream_acquire(const char *sandbox_id, int *count);
 void sg__upstream_release(int slot);

@@ -174,12 +174,15 @@ void sg__metrics_render(h2o_req_t *req)
          "(the address table's set was full).\n"
          "# TYPE sandgate_connections_untracked_total counter\n"
          "sandgate_connections_untracked_total %llu\n"
+         "# HELP sandgate_connections_counted Client connections counted per address now.\n"
+         "# TYPE sandgate_connections_counted gauge\n"
+         "sandgate_connections_counted %llu\n"
          "# HELP sandgate_upstream_over_limit_total Sandbox requests past "
          "http.max_upstream_per_sandbox (answered 429).\n"
          "# TYPE sandgate_upstream_over_limit_total counter\n"
          "sandgate_upstream_over_limit_total %llu\n",
          (unsigned long long)refused, (unsigned long long)untracked,
-         (unsigned long long)sg__upstream_over_total());
+         (unsigned long long)sg__connlimit_open(), (unsigned long long)sg__upstream_over_total());
     outf(&o,
          "# HELP sandgate_uptime_seconds Seconds since this gateway started.\n"
          "# TYPE sandgate_uptime_seconds gauge\nsandgate_uptime_seconds %lld\n",
