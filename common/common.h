@@ -174,9 +174,18 @@ void sg_http_error(struct st_h2o_req_t *req, int status, const char *message);
 void sg_http_json(struct st_h2o_req_t *req, int status, struct json_t *body);
 struct st_h2o_accept_ctx_t;
 struct uv_stream_s;
+struct uv_handle_s;
 /* Accepts one pending connection on listener (from its connection callback) and hands it to h2o
  * with actx; a failed accept closes the new handle. Loop thread of listener only. */
 void sg_http_accept(struct uv_stream_s *listener, struct st_h2o_accept_ctx_t *actx);
+/* The two halves of sg_http_accept, for a server that looks at a connection before h2o does.
+ * accept_conn: a heap block of size bytes (>= sizeof(uv_tcp_t), the TCP handle first) holding the
+ * accepted connection with TCP_NODELAY, or NULL (a failed accept is closed through close_cb).
+ * serve: hands it to h2o; close_cb runs exactly once, when the handle is closed, and frees it. */
+struct uv_tcp_s *sg_http_accept_conn(struct uv_stream_s *listener, size_t size,
+                                     void (*close_cb)(struct uv_handle_s *));
+void sg_http_serve(struct uv_tcp_s *conn, struct st_h2o_accept_ctx_t *actx,
+                   void (*close_cb)(struct uv_handle_s *));
 /* Standard reason phrase for a status ("Not Found"); "" when unknown. */
 const char *sg_http_reason(int status);
 /* Finds a request header by lower-case name; returns its value (not NUL-terminated) and sets

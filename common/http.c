@@ -58,17 +58,29 @@ void sg_http_error(h2o_req_t *req, int status, const char *message)
     sg_http_json(req, status, json_pack("{s:i,s:s}", "code", status, "message", message));
 }
 
-void sg_http_accept(uv_stream_t *listener, h2o_accept_ctx_t *actx)
+uv_tcp_t *sg_http_accept_conn(uv_stream_t *listener, size_t size, uv_close_cb close_cb)
 {
-    uv_tcp_t *conn = h2o_mem_alloc(sizeof(*conn));
+    uv_tcp_t *conn = h2o_mem_alloc(size);
+    memset(conn, 0, size);
     uv_tcp_init(listener->loop, conn);
     if (uv_accept(listener, (uv_stream_t *)conn) != 0) {
-        uv_close((uv_handle_t *)conn, (uv_close_cb)free);
-        return;
+        uv_close((uv_handle_t *)conn, close_cb);
+        return NULL;
     }
     uv_tcp_nodelay(conn, 1); /* small responses (API JSON, Connect frames) must not wait */
-    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)conn, (uv_close_cb)free);
-    h2o_accept(actx, sock);
+    return conn;
+}
+
+void sg_http_serve(uv_tcp_t *conn, h2o_accept_ctx_t *actx, uv_close_cb close_cb)
+{
+    h2o_accept(actx, h2o_uv_socket_create((uv_stream_t *)conn, close_cb));
+}
+
+void sg_http_accept(uv_stream_t *listener, h2o_accept_ctx_t *actx)
+{
+    uv_tcp_t *conn = sg_http_accept_conn(listener, sizeof(*conn), (uv_close_cb)free);
+    if (conn != NULL)
+        sg_http_serve(conn, actx, (uv_close_cb)free);
 }
 
 const char *sg_http_header(h2o_req_t *req, const char *name, size_t *len)

@@ -32,7 +32,7 @@
 /* A client connection: the libuv handle h2o wraps, and its connlimit slot. */
 typedef struct {
     uv_tcp_t tcp; /* first: h2o's close callback receives this handle */
-    int slot;     /* -1 = not counted */
+    int slot1;    /* connlimit slot + 1; 0 (as allocated) = not counted */
 } client_conn_t;
 
 sg_server_t sg_server;
@@ -260,7 +260,7 @@ static void tls_reload(void)
 static void on_client_close(uv_handle_t *h)
 {
     client_conn_t *c = (client_conn_t *)h;
-    sg__connlimit_release(c->slot);
+    sg__connlimit_release(c->slot1 - 1);
     free(c);
 }
 
@@ -271,20 +271,15 @@ static void on_accept(uv_stream_t *listener, int status)
     size_t li = (size_t)(actx - w->accept_ctx);
     if (status != 0)
         return;
-    client_conn_t *c = h2o_mem_alloc(sizeof(*c));
-    c->slot = -1;
-    uv_tcp_init(listener->loop, &c->tcp);
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
-        uv_close((uv_handle_t *)&c->tcp, on_client_close);
+    client_conn_t *c = (client_conn_t *)sg_http_accept_conn(listener, sizeof(*c), on_client_close);
+    if (c == NULL)
         return;
-    }
-    uv_tcp_nodelay(&c->tcp, 1); /* small responses (API JSON, Connect frames) must not wait */
     int limit = sg_server.cfg.http.max_connections_per_ip, count = 0;
     if (limit > 0) {
         struct sockaddr_storage ss;
         int len = sizeof(ss);
         if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
-            c->slot = sg__connlimit_acquire((struct sockaddr *)&ss, &count);
+            c->slot1 = sg__connlimit_acquire((struct sockaddr *)&ss, &count) + 1;
         if (count > limit) {
             sg__connlimit_note_over();
             /* An HTTP/2 connection cannot be told to close after one answer (h2o 2.2.5 has no
@@ -297,8 +292,7 @@ static void on_accept(uv_stream_t *listener, int status)
             actx = &w->reject_ctx[li];
         }
     }
-    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)&c->tcp, on_client_close);
-    h2o_accept(actx, sock);
+    sg_http_serve(&c->tcp, actx, on_client_close);
 }
 
 /* The only handler of connections over the per-address limit: 429, then the connection closes
