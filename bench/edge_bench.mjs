@@ -174,6 +174,13 @@ http {
   console.log(`... 2 s later: ${held().join(', ')}`);
   const met = execFileSync('curl', ['-s', '-H', 'Host: api.sandgate.test', `http://127.0.0.1:${gw.port}/metrics`], { encoding: 'utf8' });
   console.log(`  gateway's own count: ${(met.match(/^sandgate_connections_counted \d+$/m) || ['?'])[0]}`);
+  // sockets the gateway process still has open (a socket reset by the client leaves no TCP state
+  // that ss lists, but an fd h2o never closed stays here)
+  const socks = fs.readdirSync(`/proc/${gw.proc.pid}/fd`).filter((f) => {
+    try { return fs.readlinkSync(`/proc/${gw.proc.pid}/fd/${f}`).startsWith('socket:'); } catch { return false; }
+  }).length;
+  console.log(`  gateway process's open sockets (listeners, Redis, PostgreSQL, node pools included): ${socks}`);
+  if (process.env.SG_BENCH_HOLD) { console.log(`holding (gateway pid ${gw.proc.pid}); Ctrl-C to end`); await new Promise(() => {}); }
   for (const st of ['close-wait', 'time-wait', 'established', 'fin-wait-1', 'fin-wait-2'])
     console.log(`  ${st}: ${['port', 'tlsPort'].map((k) => execFileSync('ss', ['-Htn', 'state', st,
       `( sport = :${gw[k]} )`], { encoding: 'utf8' }).split('\n').filter(Boolean).length).join(', ')}`);

@@ -152,3 +152,42 @@ test('HTTP/2 is opt-in over TLS only: no cleartext HTTP/2 (h2c upgrade or prior 
   assert.equal(curl('--http2', `${gw.url}/health`).stdout, '1.1', 'the Upgrade: h2c offer is ignored');
   assert.notEqual(curl('--http2-prior-knowledge', `${gw.url}/health`).stdout, '2', 'the h2 preface is not accepted');
 });
+
+// Sockets the gateway process holds open (listeners and its PostgreSQL / Redis connections too).
+function gatewaySockets() {
+  const dir = `/proc/${gw.proc.pid}/fd`;
+  return fs.readdirSync(dir).filter((f) => {
+    try { return fs.readlinkSync(`${dir}/${f}`).startsWith('socket:'); } catch { return false; }
+  }).length;
+}
+
+// A TLS client that gets its answer and then resets the connection (RST: what a client killed
+// mid-response, or one closing with unread bytes, sends). h2o 2.2.5 answers the failed read by
+// closing TLS with a close_notify, whose write libuv refuses at once (the read error left the
+// stream unwritable) without the callback h2o waits for: every such connection stayed open for
+// good (fd, memory, its per-address count) until the gateway fixed it.
+function resetAfterAnswer() {
+  return new Promise((resolve, reject) => {
+    const raw = net.connect(gw.tlsPort, '127.0.0.1');
+    const s = tls.connect({ socket: raw, servername: `api.${DOMAIN}`, ca: fs.readFileSync(ca) }, () => {
+      s.write(`GET /health HTTP/1.1\r\nHost: api.${DOMAIN}\r\n\r\n`);
+    });
+    let got = '';
+    s.on('data', (d) => {
+      got += d;
+      if (/\r\n\r\n[\s\S]+/.test(got)) { raw.resetAndDestroy(); resolve(); }
+    });
+    s.on('error', reject);
+  });
+}
+
+test('TLS clients that reset their connection leave nothing open in the gateway', { timeout: 60000 }, async () => {
+  await get(new https.Agent({ keepAlive: false }));
+  await sleep(300);
+  const before = gatewaySockets();
+  for (let i = 0; i < 40; i++) await resetAfterAnswer();
+  let now;
+  await waitFor(() => (now = gatewaySockets()) <= before, { timeout: 5000, what: `sockets back to ${before}` })
+    .catch(() => assert.fail(`the gateway holds ${now} sockets, ${now - before} more than before 40 resets`));
+  assert.equal((await get(new https.Agent({ keepAlive: false }))).status, 200);
+});
