@@ -180,7 +180,7 @@ http {
     try { return fs.readlinkSync(`/proc/${gw.proc.pid}/fd/${f}`).startsWith('socket:'); } catch { return false; }
   }).length;
   console.log(`  gateway process's open sockets (listeners, Redis, PostgreSQL, node pools included): ${socks}`);
-  if (process.env.SG_BENCH_HOLD) { console.log(`holding (gateway pid ${gw.proc.pid}); Ctrl-C to end`); await new Promise(() => {}); }
+  if (process.env.SG_BENCH_HOLD) { console.log(`holding (gateway pid ${gw.proc.pid}, Host: ${host}; ${cases.map((c) => `${c.name}: ${c.gateway} vs ${c.nginx}`).join('; ')}); Ctrl-C to end`); await new Promise(() => {}); }
   for (const st of ['close-wait', 'time-wait', 'established', 'fin-wait-1', 'fin-wait-2'])
     console.log(`  ${st}: ${['port', 'tlsPort'].map((k) => execFileSync('ss', ['-Htn', 'state', st,
       `( sport = :${gw[k]} )`], { encoding: 'utf8' }).split('\n').filter(Boolean).length).join(', ')}`);

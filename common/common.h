@@ -175,6 +175,8 @@ void sg_http_json(struct st_h2o_req_t *req, int status, struct json_t *body);
 struct st_h2o_accept_ctx_t;
 struct uv_stream_s;
 struct uv_handle_s;
+/* For a process that relays response bodies (gateway, node agent): called first in main. */
+void sg_http_tune_malloc(void);
 /* Accepts one pending connection on listener (from its connection callback) and hands it to h2o
  * with actx; a failed accept closes the new handle. Loop thread of listener only. */
 void sg_http_accept(struct uv_stream_s *listener, struct st_h2o_accept_ctx_t *actx);

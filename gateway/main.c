@@ -154,5 +154,6 @@ int sg_gateway_main(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    sg_http_tune_malloc();
     return sg_gateway_main(argc, argv);
 }

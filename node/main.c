@@ -19,6 +19,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    sg_http_tune_malloc();
     const char *path = NULL;
     int check = 0;
     for (int i = 1; i < argc; i++) {
