@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdbool.h>
+#include <sys/types.h>
 
 /* ---- errors ---------------------------------------------------------------------------------- */
 
@@ -74,6 +75,14 @@ bool sg_log_enabled(sg_log_level_t level);
 /* Writes one line: ts, level, msg, then the fields in order. The line is written with a single
  * fwrite, so lines from different threads never interleave. */
 void sg_log_fields(sg_log_level_t level, const char *msg, const sg_log_field_t *fields, size_t n);
+/* Batching for a thread that runs an event loop: after sg_log_batch_start() the thread's lines
+ * are kept in a 64 KiB buffer (written early only when it fills) until sg_log_batch_flush(),
+ * which the loop calls once per iteration before it waits (uv_prepare): a busy worker writes its
+ * access lines once per iteration instead of once per request, and no line waits longer than the
+ * iteration that logged it. sg_log_batch_stop() flushes and ends it. Per thread. */
+int sg_log_batch_start(void);
+void sg_log_batch_flush(void);
+void sg_log_batch_stop(void);
 /* Formats a line into buf (NUL-terminated, truncated to cap, always ending in '\n');
  * returns its length. ts_ms is milliseconds since the epoch. Exposed for tests. */
 size_t sg_log_format_line(char *buf, size_t cap, sg_log_format_t fmt, long long ts_ms,
@@ -175,6 +184,28 @@ void sg_http_json(struct st_h2o_req_t *req, int status, struct json_t *body);
 struct st_h2o_accept_ctx_t;
 struct uv_stream_s;
 struct uv_handle_s;
+/* picohttpparser, as libh2o 2.2.5 bundles and exports it (no header of it is installed). */
+struct phr_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+struct phr_chunked_decoder {
+    size_t bytes_left_in_chunk;
+    char consume_trailer; /* consume the trailer section too (needed to reuse a connection) */
+    char _hex_count;
+    char _state;
+};
+int phr_parse_request(const char *buf, size_t len, const char **method, size_t *method_len,
+                      const char **path, size_t *path_len, int *minor_version,
+                      struct phr_header *headers, size_t *num_headers, size_t last_len);
+int phr_parse_response(const char *buf, size_t len, int *minor_version, int *status,
+                       const char **msg, size_t *msg_len, struct phr_header *headers,
+                       size_t *num_headers, size_t last_len);
+/* Decodes in place: -1 malformed, -2 more needed, else the bytes left after the body. */
+ssize_t phr_decode_chunked(struct phr_chunked_decoder *decoder, char *buf, size_t *bufsz);
+
 /* For a process that relays response bodies (gateway, node agent): called first in main. */
 void sg_http_tune_malloc(void);
 /* Accepts one pending connection on listener (from its connection callback) and hands it to h2o

@@ -1,10 +1,12 @@
 /*
  * Structured logging: one line per event, in logfmt or JSON.
  *
- * A line is built in a stack buffer and written with one fwrite on an unbuffered-per-line stream,
- * so concurrent threads never interleave within a line. Lines longer than the buffer are cut
+ * A line is built in a stack buffer and written with one fwrite on an unbuffered-per-line stream
+ * (a loop thread may batch whole lines: sg_log_batch_start), so concurrent threads never
+ * interleave within a line. Lines longer than the buffer are cut
  * (marked with "...") rather than split. The level/format/stream are set once at start-up.
  */
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <sys/time.h>
@@ -183,6 +185,42 @@ size_t sg_log_format_line(char *buf, size_t cap, sg_log_format_t fmt, long long 
     return b.len;
 }
 
+#define SG_LOG_BATCH_CAP (64 * 1024)
+
+static _Thread_local struct {
+    char *buf; /* NULL: not batching */
+    size_t len;
+} batch;
+
+static void write_out(const char *bytes, size_t len)
+{
+    FILE *out = log_out ? log_out : stderr;
+    fwrite(bytes, 1, len, out);
+    fflush(out);
+}
+
+int sg_log_batch_start(void)
+{
+    if (batch.buf == NULL && (batch.buf = malloc(SG_LOG_BATCH_CAP)) == NULL)
+        return SG_ENOMEM;
+    batch.len = 0;
+    return 0;
+}
+
+void sg_log_batch_flush(void)
+{
+    if (batch.len != 0)
+        write_out(batch.buf, batch.len);
+    batch.len = 0;
+}
+
+void sg_log_batch_stop(void)
+{
+    sg_log_batch_flush();
+    free(batch.buf);
+    batch.buf = NULL;
+}
+
 void sg_log_fields(sg_log_level_t level, const char *msg, const sg_log_field_t *fields, size_t n)
 {
     char line[SG_LOG_LINE_MAX];
@@ -190,9 +228,14 @@ void sg_log_fields(sg_log_level_t level, const char *msg, const sg_log_field_t *
         return;
     size_t len = sg_log_format_line(line, sizeof(line), log_format, sg_now_ms(), level, msg,
                                     fields, n);
-    FILE *out = log_out ? log_out : stderr;
-    fwrite(line, 1, len, out);
-    fflush(out);
+    if (batch.buf == NULL) {
+        write_out(line, len);
+        return;
+    }
+    if (batch.len + len > SG_LOG_BATCH_CAP)
+        sg_log_batch_flush();
+    memcpy(batch.buf + batch.len, line, len);
+    batch.len += len;
 }
 
 long long sg_now_ms(void)

@@ -45,7 +45,6 @@ typedef struct {
 struct sg__edge_worker {
     sg_worker_t *w;
     h2o_http1client_ctx_t client_ctx;
-    h2o_http1client_ctx_t connect_ctx; /* edge_proxy.c connects with this one (connect timeout) */
     h2o_timeout_t io_timeout, ws_timeout, connect_timeout;
     cache_entry_t cache[CACHE_SLOTS];
     redisAsyncContext *sub;
@@ -102,8 +101,6 @@ int sg__edge_worker_init(sg_worker_t *w)
     e->client_ctx.ssl_ctx = NULL;
     uint64_t conn_ms = c->http.connect_timeout_ms > 0 ? (uint64_t)c->http.connect_timeout_ms : 5000;
     h2o_timeout_init(&w->loop, &e->connect_timeout, conn_ms);
-    e->connect_ctx = e->client_ctx;
-    e->connect_ctx.io_timeout = &e->connect_timeout;
     uv_timer_init(&w->loop, &e->resub);
     e->resub.data = e;
     w->edge = e;
@@ -345,7 +342,7 @@ static void forward(sg__edge_worker_t *e, h2o_req_t *req, const sg_routing_t *rt
 
     if (req->upgrade.base == NULL) {
         /* everything but Upgrade: the streaming proxy with backpressure (edge_proxy.c) */
-        sg__edge_proxy(req, &e->connect_ctx, &e->client_ctx,
+        sg__edge_proxy(req, &e->connect_timeout, &e->io_timeout,
                        h2o_strdup(&req->pool, hb, (size_t)(he - hb)), (uint16_t)port);
         return;
     }

@@ -6,31 +6,41 @@
  * Why not h2o's reverse proxy: in 2.2.5 it reads the upstream response as fast as the node sends
  * it, whatever the client's pace, and spools what the client has not taken to an unlinked mmap'd
  * file in /tmp: a slow client of a large response costs the gateway unbounded disk and memory.
+ * Why not h2o_http1client either: its connection pool hands a socket back by dup(2)ing its
+ * descriptor into a new libuv handle and closing the old one, and peeks at it before each reuse:
+ * five system calls and two epoll changes per request, a third of the gateway's cost for small
+ * responses (strace of bench/edge_bench.mjs). Here the upstream side is a plain libuv client.
  *
- * Here an h2o generator is driven by h2o_http1client: upstream bytes go to `recv`; whenever h2o
- * holds no chunk of ours (it calls proceed once it wrote the previous one) `recv` is handed to
- * h2o_send at once (so a Connect server stream or SSE event is never held back waiting for more
- * bytes), and while h2o still holds one, `recv` fills up to HIGH_WATER and then the upstream
- * socket stops reading (TCP backpressure reaches the node proxy, which stops the sandbox's
- * server). Memory per request: the two buffers, about 2 * (HIGH_WATER + one socket read).
+ * Downstream, an h2o generator: upstream body bytes go to `recv`; whenever h2o holds no chunk of
+ * ours (it calls proceed once it wrote the previous one) `recv` is handed to h2o_send at once (a
+ * Connect server stream or SSE event is never held back waiting for more bytes); while h2o still
+ * holds one, `recv` fills up to HIGH_WATER and then the upstream socket stops reading (TCP
+ * backpressure reaches the node proxy, which stops the sandbox's server). A read buffer that
+ * arrives while `recv` is empty is swapped in whole, not copied. Memory per request: the three
+ * buffers, about 2 * HIGH_WATER + 2 * READ_SIZE.
  *
- * The request head is built as h2o's proxy builds it (the edge.c caller has already replaced the
- * X-Sandgate-* and X-Forwarded-Host headers): hop-by-hop headers dropped, cookies merged,
- * X-Forwarded-Proto / X-Forwarded-For / Via added, `Connection: keep-alive` (or `close` when the
- * connection is not pooled). Request bodies are h2o's buffered entity (bounded by the caller's 413).
- * Response headers lose the hop-by-hop ones, Date and Server (h2o sets its own).
+ * Upstream: the request head is built as h2o's proxy builds it (the edge.c caller has already
+ * replaced the X-Sandgate-* and X-Forwarded-Host headers): hop-by-hop headers dropped, cookies
+ * merged, X-Forwarded-Proto / X-Forwarded-For / Via added, `Connection: keep-alive` (or `close`
+ * when the connection is not pooled). Request bodies are h2o's buffered entity (bounded by the
+ * caller's 413). The response head is parsed with picohttpparser (at most HEAD_MAX bytes,
+ * MAX_HEADERS headers); its body is framed by Content-Length, chunked encoding (decoded here, h2o
+ * frames it again for its client) or the connection's end; a body that ends early reaches the
+ * client as an error (truncated), never as complete. Response headers lose the hop-by-hop ones,
+ * Date and Server (h2o sets its own).
  *
- * Upstream connections are kept alive (the node proxy serves several requests per connection
- * when both messages are framed, docs/node-api.md): one h2o socket pool per node proxy address
- * and worker thread (thread-local, at most POOL_MAX addresses, never freed while the worker
- * runs: a client may still return a socket to it; past POOL_MAX, connections are not pooled),
- * idle sockets closed after POOL_IDLE_MS, below the node's own idle bound so that the gateway
- * closes first. h2o checks a pooled socket with a MSG_PEEK before reuse.
+ * Keep-alive: one pool of idle connections per node proxy address and worker thread (thread-
+ * local, at most POOL_MAX addresses, never freed while the worker runs; past POOL_MAX nothing is
+ * pooled), at most POOL_IDLE_MAX idle each, closed after POOL_IDLE_MS (below the node's own idle
+ * bound, so the gateway closes first). A connection goes back to its pool only after a framed
+ * response read to its exact end on HTTP/1.1 without `Connection: close`. Idle connections keep
+ * reading: the node closing one (or sending anything) closes it at once. A reused connection that
+ * ends before any byte of the answer (the node closed it as the request went out) is retried
+ * once on a new connection when the method is idempotent.
  *
- * Timeouts: the connect runs on a client context whose io timeout is http.connect_timeout_ms;
- * once connected the client switches to the idle-timeout context for the rest of the exchange.
- * Loop thread only; everything lives in the request's pool, and its dispose callback cancels the
- * upstream when the client goes away.
+ * Timeouts: http.connect_timeout_ms until connected, then http.idle_timeout_ms between reads and
+ * writes. Loop thread only; the exchange lives in the request's pool, and its dispose callback
+ * closes the upstream connection when the client goes away mid-answer.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -39,37 +49,76 @@
 #include "gateway/internal.h"
 
 #define HIGH_WATER (128 * 1024)
+#define READ_SIZE (64 * 1024) /* room for one read once the body flows */
+#define HEAD_MAX (64 * 1024)
+#define MAX_HEADERS 100
 #define POOL_MAX 64
+#define POOL_IDLE_MAX 256
 #define POOL_IDLE_MS 2000
+
+typedef struct upconn upconn_t;
+typedef struct eproxy eproxy_t;
 
 typedef struct {
     char key[160]; /* "host:port" */
-    h2o_socketpool_t pool;
-} upstream_pool_t;
+    char host[128];
+    uint16_t port;
+    h2o_linklist_t idle; /* upconn_t.link; most recently used first */
+    size_t nidle;
+} upool_t;
 
-/* this worker thread's pools (each worker has its own loop) */
-static _Thread_local upstream_pool_t *pools;
-static _Thread_local size_t npools;
+struct upconn {
+    uv_tcp_t tcp;   /* first: close callbacks get this handle */
+    upool_t *pool;  /* NULL: not pooled */
+    eproxy_t *p;    /* the exchange; NULL while idle, connecting for nobody, or closing */
+    h2o_buffer_t *in;
+    h2o_linklist_t link; /* in pool->idle while idle */
+    h2o_timeout_entry_t timer;
+    uv_connect_t cr;
+    uv_getaddrinfo_t gai;
+    uv_write_t wr;
+    bool reading, closing, resolving;
+};
 
-typedef struct {
+struct eproxy {
     h2o_generator_t super;
     h2o_req_t *req;
-    h2o_http1client_t *client; /* NULL once the upstream exchange ended (or was cancelled) */
-    h2o_http1client_ctx_t *io_ctx;
+    upconn_t *c; /* NULL once the upstream exchange ended (or was given up) */
+    h2o_timeout_t *connect_timeout, *io_timeout;
+    upool_t *pool;
+    h2o_iovec_t host;
+    uint16_t port;
     h2o_iovec_t up[2]; /* request head, body */
-    int is_head;
-    h2o_buffer_t *recv;    /* upstream bytes not handed to h2o yet */
-    h2o_buffer_t *sending; /* the chunk h2o holds until it calls proceed */
-    h2o_socket_cb reader;  /* the http1client's read callback, restored on resume */
+    bool is_head, reused, retried, got_bytes;
+    enum { HEAD, BODY } state;
+    enum { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE } framing;
+    size_t left;                 /* BODY_LENGTH: bytes still to come */
+    struct phr_chunked_decoder dec;
+    bool keepalive;              /* the node allows another exchange on the connection */
+    h2o_buffer_t *recv;          /* upstream body bytes not handed to h2o yet */
+    h2o_buffer_t *sending;       /* the chunk h2o holds until it calls proceed */
     bool inflight, eos, failed, paused;
-} eproxy_t;
+};
 
-static h2o_http1client_head_cb on_connect(h2o_http1client_t *client, const char *errstr,
-                                          h2o_iovec_t **reqbufs, size_t *reqbufcnt, int *is_head);
-static h2o_http1client_body_cb on_head(h2o_http1client_t *client, const char *errstr, int minor,
-                                       int status, h2o_iovec_t msg, h2o_header_t *headers,
-                                       size_t nheaders, int rlen);
-static int on_body(h2o_http1client_t *client, const char *errstr);
+/* this worker thread's pools (each worker has its own loop) */
+static _Thread_local upool_t *pools;
+static _Thread_local size_t npools;
+static _Thread_local h2o_timeout_t pool_idle_timeout; /* initialised with the first pool */
+static _Thread_local char idle_sink[256];             /* what an idle connection reads into */
+
+static void connect_new(eproxy_t *p);
+static void send_request(eproxy_t *p);
+static void on_connected(uv_connect_t *cr, int status);
+static void on_resolved(uv_getaddrinfo_t *gai, int status, struct addrinfo *res);
+static void on_written(uv_write_t *wr, int status);
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static void on_io_timeout(h2o_timeout_entry_t *entry);
+static void on_idle_timeout(h2o_timeout_entry_t *entry);
+static void process(eproxy_t *p);
+static void upstream_failed(eproxy_t *p, const char *stage, const char *err);
+static void release(eproxy_t *p, bool reusable);
+static void conn_close(upconn_t *c);
 static bool do_send(eproxy_t *p);
 static void on_proceed(h2o_generator_t *g, h2o_req_t *req);
 static void on_stop(h2o_generator_t *g, h2o_req_t *req);
@@ -77,45 +126,565 @@ static void on_dispose(void *ptr);
 static h2o_iovec_t build_head(h2o_req_t *req, bool keepalive);
 
 /* The pool for host:port, created on first use; NULL when the table is full or host too long. */
-static h2o_socketpool_t *pool_of(h2o_loop_t *loop, h2o_iovec_t host, uint16_t port)
+static upool_t *pool_of(h2o_loop_t *loop, h2o_iovec_t host, uint16_t port)
 {
     char key[160];
     int kl = snprintf(key, sizeof(key), "%.*s:%u", (int)host.len, host.base, (unsigned)port);
-    if (kl < 0 || (size_t)kl >= sizeof(key))
+    if (kl < 0 || (size_t)kl >= sizeof(key) || host.len >= sizeof(pools->host))
         return NULL;
     for (size_t i = 0; i < npools; i++)
         if (strcmp(pools[i].key, key) == 0)
-            return &pools[i].pool;
-    if (pools == NULL && (pools = calloc(POOL_MAX, sizeof(*pools))) == NULL)
-        return NULL;
+            return &pools[i];
+    if (pools == NULL) {
+        if ((pools = calloc(POOL_MAX, sizeof(*pools))) == NULL)
+            return NULL;
+        h2o_timeout_init(loop, &pool_idle_timeout, POOL_IDLE_MS);
+    }
     if (npools == POOL_MAX)
         return NULL;
-    upstream_pool_t *u = &pools[npools++];
+    upool_t *u = &pools[npools++];
     memcpy(u->key, key, (size_t)kl + 1);
-    h2o_socketpool_init_by_hostport(&u->pool, host, port, 0, SIZE_MAX);
-    h2o_socketpool_set_timeout(&u->pool, loop, POOL_IDLE_MS);
-    return &u->pool;
+    memcpy(u->host, host.base, host.len);
+    u->host[host.len] = '\0';
+    u->port = port;
+    h2o_linklist_init_anchor(&u->idle);
+    return u;
 }
 
-void sg__edge_proxy(h2o_req_t *req, h2o_http1client_ctx_t *connect_ctx,
-                    h2o_http1client_ctx_t *io_ctx, h2o_iovec_t host, uint16_t port)
+static bool is_idempotent(const h2o_iovec_t *m)
+{
+    static const char *const ok[] = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+        if (h2o_memis(m->base, m->len, ok[i], strlen(ok[i])))
+            return true;
+    return false;
+}
+
+void sg__edge_proxy(h2o_req_t *req, h2o_timeout_t *connect_timeout, h2o_timeout_t *io_timeout,
+                    h2o_iovec_t host, uint16_t port)
 {
     eproxy_t *p = h2o_mem_alloc_shared(&req->pool, sizeof(*p), on_dispose);
     memset(p, 0, sizeof(*p));
     p->super.proceed = on_proceed;
     p->super.stop = on_stop;
     p->req = req;
-    p->io_ctx = io_ctx;
-    h2o_socketpool_t *pool = pool_of(connect_ctx->loop, host, port);
-    p->up[0] = build_head(req, pool != NULL);
+    p->connect_timeout = connect_timeout;
+    p->io_timeout = io_timeout;
+    p->host = host;
+    p->port = port;
+    p->pool = pool_of(req->conn->ctx->loop, host, port);
+    p->up[0] = build_head(req, p->pool != NULL);
     p->up[1] = req->entity;
     p->is_head = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"));
     h2o_buffer_init(&p->recv, &h2o_socket_buffer_prototype);
     h2o_buffer_init(&p->sending, &h2o_socket_buffer_prototype);
-    if (pool != NULL)
-        h2o_http1client_connect_with_pool(&p->client, p, connect_ctx, pool, on_connect);
+    if (p->pool != NULL && !h2o_linklist_is_empty(&p->pool->idle)) {
+        upconn_t *c = H2O_STRUCT_FROM_MEMBER(upconn_t, link, p->pool->idle.next);
+        h2o_linklist_unlink(&c->link);
+        p->pool->nidle--;
+        h2o_timeout_unlink(&c->timer);
+        c->p = p;
+        p->c = c;
+        p->reused = true;
+        send_request(p);
+        return;
+    }
+    connect_new(p);
+}
+
+/* ---- the upstream connection ---- */
+
+static void connect_new(eproxy_t *p)
+{
+    uv_loop_t *loop = p->req->conn->ctx->loop;
+    upconn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        upstream_failed(p, "connect", "out of memory");
+        return;
+    }
+    uv_tcp_init(loop, &c->tcp);
+    c->tcp.data = c;
+    c->pool = p->pool;
+    c->p = p;
+    h2o_buffer_init(&c->in, &h2o_socket_buffer_prototype);
+    c->timer.cb = on_io_timeout;
+    p->c = c;
+    h2o_timeout_link(loop, p->connect_timeout, &c->timer);
+
+    char host[128];
+    snprintf(host, sizeof(host), "%.*s", (int)p->host.len, p->host.base);
+    struct sockaddr_storage ss;
+    int r;
+    if (uv_ip4_addr(host, p->port, (struct sockaddr_in *)&ss) == 0 ||
+        uv_ip6_addr(host, p->port, (struct sockaddr_in6 *)&ss) == 0) {
+        r = uv_tcp_connect(&c->cr, &c->tcp, (struct sockaddr *)&ss, on_connected);
+    } else {
+        /* a node proxy advertised by name: resolved on libuv's thread pool, per connection */
+        char port[8];
+        snprintf(port, sizeof(port), "%u", (unsigned)p->port);
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        r = uv_getaddrinfo(loop, &c->gai, on_resolved, host, port, &hints);
+        c->resolving = r == 0;
+    }
+    if (r != 0)
+        upstream_failed(p, "connect", uv_strerror(r));
+}
+
+static void on_resolved(uv_getaddrinfo_t *gai, int status, struct addrinfo *res)
+{
+    upconn_t *c = H2O_STRUCT_FROM_MEMBER(upconn_t, gai, gai);
+    int r = status;
+    c->resolving = false;
+    if (c->closing || c->p == NULL) { /* the client left meanwhile */
+        uv_freeaddrinfo(res);
+        c->closing = false;
+        conn_close(c);
+        return;
+    }
+    if (r == 0)
+        r = uv_tcp_connect(&c->cr, &c->tcp, res->ai_addr, on_connected);
+    uv_freeaddrinfo(res);
+    if (r != 0)
+        upstream_failed(c->p, "connect", uv_strerror(r));
+}
+
+static void on_connected(uv_connect_t *cr, int status)
+{
+    upconn_t *c = H2O_STRUCT_FROM_MEMBER(upconn_t, cr, cr);
+    if (c->closing)
+        return;
+    if (c->p == NULL) {
+        conn_close(c);
+        return;
+    }
+    if (status != 0) {
+        upstream_failed(c->p, "connect", uv_strerror(status));
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    send_request(c->p);
+}
+
+static void send_request(eproxy_t *p)
+{
+    upconn_t *c = p->c;
+    uv_loop_t *loop = c->tcp.loop;
+    h2o_timeout_unlink(&c->timer);
+    c->timer.cb = on_io_timeout;
+    h2o_timeout_link(loop, p->io_timeout, &c->timer);
+    uv_buf_t bufs[2] = {uv_buf_init(p->up[0].base, (unsigned)p->up[0].len),
+                        uv_buf_init(p->up[1].base, (unsigned)p->up[1].len)};
+    int r = uv_write(&c->wr, (uv_stream_t *)&c->tcp, bufs, p->up[1].base != NULL ? 2 : 1, on_written);
+    if (r == 0 && !c->reading) {
+        r = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        c->reading = r == 0;
+    }
+    if (r != 0)
+        upstream_failed(p, "request", uv_strerror(r));
+}
+
+static void on_written(uv_write_t *wr, int status)
+{
+    upconn_t *c = H2O_STRUCT_FROM_MEMBER(upconn_t, wr, wr);
+    if (status == 0 || c->closing || c->p == NULL)
+        return;
+    /* A node that answered before taking the whole request body may close: its answer, if
+     * any, is read as usual; without one the read side reports the end. */
+    if (c->p->state == HEAD && !c->p->got_bytes)
+        upstream_failed(c->p, "request", uv_strerror(status));
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    upconn_t *c = h->data;
+    if (c->p == NULL) { /* idle: anything read closes the connection */
+        *buf = uv_buf_init(idle_sink, sizeof(idle_sink));
+        return;
+    }
+    h2o_iovec_t room = h2o_buffer_reserve(&c->in, c->p->state == HEAD ? 4096 : READ_SIZE);
+    *buf = uv_buf_init(room.base, room.base != NULL ? (unsigned)room.len : 0);
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    upconn_t *c = s->data;
+    eproxy_t *p = c->p;
+    if (n == 0)
+        return;
+    if (p == NULL) { /* idle: the node closed it (or broke the protocol) */
+        if (h2o_linklist_is_linked(&c->link)) {
+            h2o_linklist_unlink(&c->link);
+            c->pool->nidle--;
+        }
+        conn_close(c);
+        return;
+    }
+    if (n < 0) {
+        if (p->state == HEAD && !p->got_bytes && p->reused && !p->retried &&
+            is_idempotent(&p->req->method)) {
+            /* the node closed this pooled connection as the request went out: one new try */
+            p->c = NULL;
+            c->p = NULL;
+            conn_close(c);
+            p->retried = true;
+            p->reused = false;
+            connect_new(p);
+            return;
+        }
+        if (p->state == BODY && p->framing == BODY_CLOSE && n == UV_EOF) {
+            release(p, false);
+            p->eos = true;
+            if (!p->inflight)
+                do_send(p);
+            return;
+        }
+        upstream_failed(p, p->state == HEAD ? "response head" : "response body",
+                        n == UV_EOF ? "connection closed" : uv_strerror((int)n));
+        return;
+    }
+    c->in->size += (size_t)n;
+    p->got_bytes = true;
+    h2o_timeout_unlink(&c->timer);
+    h2o_timeout_link(c->tcp.loop, p->io_timeout, &c->timer);
+    process(p);
+}
+
+static void on_io_timeout(h2o_timeout_entry_t *entry)
+{
+    upconn_t *c = H2O_STRUCT_FROM_MEMBER(upconn_t, timer, entry);
+    if (c->p != NULL)
+        upstream_failed(c->p, c->reading ? "response" : "connect", "timeout");
     else
-        h2o_http1client_connect(&p->client, p, connect_ctx, host, port, 0, on_connect);
+        conn_close(c);
+}
+
+static void on_idle_timeout(h2o_timeout_entry_t *entry)
+{
+    upconn_t *c = H2O_STRUCT_FROM_MEMBER(upconn_t, timer, entry);
+    h2o_linklist_unlink(&c->link);
+    c->pool->nidle--;
+    conn_close(c);
+}
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    upconn_t *c = h->data;
+    h2o_buffer_dispose(&c->in);
+    free(c);
+}
+
+/* Closes c (detached from any exchange first). Safe to call once per connection. */
+static void conn_close(upconn_t *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    c->p = NULL;
+    h2o_timeout_unlink(&c->timer);
+    if (c->resolving)
+        return; /* on_resolved closes it: c->gai is in use until then */
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+/* The exchange is over for the upstream connection: back to its pool when it can carry another
+ * one, else closed. */
+static void release(eproxy_t *p, bool reusable)
+{
+    upconn_t *c = p->c;
+    if (c == NULL)
+        return;
+    p->c = NULL;
+    c->p = NULL;
+    upool_t *u = c->pool;
+    if (!reusable || u == NULL || u->nidle >= POOL_IDLE_MAX || c->in->size != 0) {
+        conn_close(c);
+        return;
+    }
+    h2o_timeout_unlink(&c->timer);
+    h2o_buffer_dispose(&c->in); /* an idle connection holds no buffer */
+    h2o_buffer_init(&c->in, &h2o_socket_buffer_prototype);
+    if (!c->reading) { /* paused by backpressure at the very end */
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+            conn_close(c);
+            return;
+        }
+        c->reading = true;
+    }
+    c->timer.cb = on_idle_timeout;
+    h2o_timeout_link(c->tcp.loop, &pool_idle_timeout, &c->timer);
+    h2o_linklist_insert(u->idle.next, &c->link);
+    u->nidle++;
+}
+
+/* ---- the response ---- */
+
+static void fail_502(eproxy_t *p, const char *what, const char *errstr)
+{
+    sg_log(SG_LOG_WARN, "edge proxy: upstream failed", SG_LS("stage", what), SG_LS("error", errstr));
+    sg_http_error(p->req, 502, "The sandbox's node could not be reached");
+}
+
+/* The upstream connection failed: a 502 before the answer started, a truncated answer after. */
+static void upstream_failed(eproxy_t *p, const char *stage, const char *err)
+{
+    bool started = p->state == BODY;
+    if (p->c != NULL) {
+        upconn_t *c = p->c;
+        p->c = NULL;
+        conn_close(c);
+    }
+    if (!started) {
+        p->state = BODY; /* nothing more from upstream either way */
+        p->eos = true;
+        fail_502(p, stage, err);
+        return;
+    }
+    sg_log(SG_LOG_WARN, "edge proxy: upstream body failed", SG_LS("error", err));
+    p->eos = true;
+    p->failed = true;
+    if (!p->inflight)
+        do_send(p);
+}
+
+static bool hdr_is(const struct phr_header *h, const char *name)
+{
+    return h2o_lcstris(h->name, h->name_len, name, strlen(name));
+}
+
+/* Parses the response head in c->in and starts the answer. Returns false when not complete yet
+ * or when the exchange failed (p->state tells). */
+static bool parse_head(eproxy_t *p)
+{
+    upconn_t *c = p->c;
+    h2o_req_t *req = p->req;
+    struct phr_header hs[MAX_HEADERS];
+    size_t nh;
+    int minor, status, hl;
+    const char *msg;
+    size_t msglen;
+    for (;;) {
+        nh = MAX_HEADERS;
+        hl = phr_parse_response(c->in->bytes, c->in->size, &minor, &status, &msg, &msglen, hs, &nh, 0);
+        if (hl == -2) {
+            if (c->in->size >= HEAD_MAX)
+                upstream_failed(p, "response head", "too large");
+            return false;
+        }
+        if (hl < 0) {
+            upstream_failed(p, "response head", "malformed");
+            return false;
+        }
+        if (status == 101) { /* only Upgrade requests may switch, and those do not come here */
+            upstream_failed(p, "response head", "101 to a request without Upgrade");
+            return false;
+        }
+        if (status >= 200)
+            break;
+        h2o_buffer_consume(&c->in, (size_t)hl); /* 1xx: informational, the answer follows */
+    }
+
+    bool close = minor == 0, chunked = false, has_length = false;
+    size_t length = 0;
+    for (size_t i = 0; i < nh; i++) {
+        const struct phr_header *h = &hs[i];
+        if (hdr_is(h, "connection")) {
+            if (h2o_contains_token(h->value, h->value_len, H2O_STRLIT("close"), ','))
+                close = true;
+            else if (minor == 0 && h2o_contains_token(h->value, h->value_len, H2O_STRLIT("keep-alive"), ','))
+                close = false;
+        } else if (hdr_is(h, "transfer-encoding")) {
+            chunked = true; /* the node speaks HTTP/1.1: chunked is the only coding it sends */
+        } else if (hdr_is(h, "content-length")) {
+            size_t v = h2o_strtosize(h->value, h->value_len);
+            if (v == SIZE_MAX || (has_length && v != length)) {
+                upstream_failed(p, "response head", "malformed content-length");
+                return false;
+            }
+            has_length = true;
+            length = v;
+        }
+    }
+    p->keepalive = !close;
+    if (p->is_head || status == 204 || status == 304) {
+        p->framing = BODY_NONE;
+    } else if (chunked) {
+        p->framing = BODY_CHUNKED;
+        p->dec.consume_trailer = 1;
+    } else if (has_length) {
+        p->framing = BODY_LENGTH;
+        p->left = length;
+    } else {
+        p->framing = BODY_CLOSE;
+        p->keepalive = false;
+    }
+
+    req->res.status = status;
+    req->res.reason = h2o_strdup(&req->pool, msg, msglen).base;
+    for (size_t i = 0; i < nh; i++) {
+        const struct phr_header *h = &hs[i];
+        if (h->name == NULL) /* a folded continuation line: dropped */
+            continue;
+        h2o_strtolower((char *)h->name, h->name_len); /* tokens are lower case; c->in is ours */
+        const h2o_token_t *t = h2o_lookup_token(h->name, h->name_len);
+        if (t != NULL) {
+            if (t->proxy_should_drop_for_res || t == H2O_TOKEN_SERVER || t == H2O_TOKEN_DATE ||
+                t == H2O_TOKEN_X_COMPRESS_HINT || t == H2O_TOKEN_CONTENT_LENGTH ||
+                t == H2O_TOKEN_TRANSFER_ENCODING)
+                continue;
+            h2o_iovec_t v = h2o_strdup(&req->pool, h->value, h->value_len);
+            h2o_add_header(&req->pool, &req->res.headers, t, NULL, v.base, v.len);
+        } else {
+            h2o_iovec_t n = h2o_strdup(&req->pool, h->name, h->name_len);
+            h2o_iovec_t v = h2o_strdup(&req->pool, h->value, h->value_len);
+            h2o_add_header_by_str(&req->pool, &req->res.headers, n.base, n.len, 0, NULL, v.base, v.len);
+        }
+    }
+    if (p->framing == BODY_LENGTH)
+        req->res.content_length = length;
+    else if (p->framing == BODY_NONE && p->is_head && has_length)
+        req->res.content_length = length; /* HEAD: the length the GET would have */
+    h2o_buffer_consume(&c->in, (size_t)hl);
+    p->state = BODY;
+    h2o_start_response(req, &p->super);
+    return true;
+}
+
+/* Moves n bytes from the front of c->in to the end of p->recv (the whole buffer when recv is
+ * empty and n is all of it: no copy). */
+static void take(eproxy_t *p, size_t n)
+{
+    upconn_t *c = p->c;
+    if (n == 0)
+        return;
+    if (p->recv->size == 0 && n == c->in->size) {
+        h2o_buffer_t *t = p->recv;
+        p->recv = c->in;
+        c->in = t;
+        return;
+    }
+    h2o_iovec_t room = h2o_buffer_reserve(&p->recv, n);
+    memcpy(room.base, c->in->bytes, n);
+    p->recv->size += n;
+    h2o_buffer_consume(&c->in, n);
+}
+
+/* Everything c->in holds: the head first, then body bytes by the response's framing. */
+static void process(eproxy_t *p)
+{
+    if (p->state == HEAD && !parse_head(p))
+        return;
+    upconn_t *c = p->c;
+    if (c == NULL) /* failed while parsing */
+        return;
+    bool done = false, extra = false;
+    switch (p->framing) {
+    case BODY_NONE:
+        done = true;
+        extra = c->in->size != 0;
+        break;
+    case BODY_LENGTH: {
+        size_t n = c->in->size < p->left ? c->in->size : p->left;
+        extra = c->in->size > n;
+        if (extra)
+            c->in->size = n; /* what follows the body is not ours to pass on */
+        take(p, n);
+        p->left -= n;
+        done = p->left == 0;
+        break;
+    }
+    case BODY_CHUNKED: {
+        size_t sz = c->in->size;
+        ssize_t r = phr_decode_chunked(&p->dec, c->in->bytes, &sz);
+        if (r == -1) {
+            upstream_failed(p, "response body", "malformed chunked encoding");
+            return;
+        }
+        c->in->size = sz;
+        take(p, sz);
+        if (r >= 0) {
+            done = true;
+            extra = r > 0;
+        }
+        break;
+    }
+    case BODY_CLOSE:
+        take(p, c->in->size);
+        break;
+    }
+    if (done) {
+        release(p, p->keepalive && !extra);
+        p->eos = true;
+    } else if (p->recv->size >= HIGH_WATER && c->reading) {
+        /* backpressure: nothing more from the node until h2o took what we hold */
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+        p->paused = true;
+    }
+    if (!p->inflight)
+        do_send(p);
+}
+
+/* ---- downstream ---- */
+
+/* Hands `recv` to h2o when h2o holds nothing of ours. Returns false when the final chunk went
+ * out: the request (and p, in its pool) may be gone then. h2o 2.2.5 calls proceed from write
+ * completions, never from inside h2o_send, so p is intact while h2o_send runs. */
+static bool do_send(eproxy_t *p)
+{
+    if (p->inflight || (p->recv->size == 0 && !p->eos))
+        return true;
+    h2o_buffer_t *t = p->sending;
+    p->sending = p->recv;
+    p->recv = t;
+    h2o_iovec_t v = h2o_iovec_init(p->sending->bytes, p->sending->size);
+    p->inflight = true;
+    if (p->eos) {
+        h2o_send(p->req, &v, v.len != 0 ? 1 : 0,
+                 p->failed ? H2O_SEND_STATE_ERROR : H2O_SEND_STATE_FINAL);
+        return false;
+    }
+    h2o_send(p->req, &v, 1, H2O_SEND_STATE_IN_PROGRESS);
+    return true;
+}
+
+static void on_proceed(h2o_generator_t *g, h2o_req_t *req)
+{
+    eproxy_t *p = (eproxy_t *)g;
+    p->inflight = false;
+    h2o_buffer_consume(&p->sending, p->sending->size);
+    if (!do_send(p))
+        return;
+    upconn_t *c = p->c;
+    if (p->paused && c != NULL && p->recv->size < HIGH_WATER) {
+        p->paused = false;
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+            c->reading = true;
+        else
+            upstream_failed(p, "response body", "read restart failed");
+    }
+}
+
+/* The client is gone mid-answer: the upstream connection cannot carry another exchange. */
+static void on_stop(h2o_generator_t *g, h2o_req_t *req)
+{
+    eproxy_t *p = (eproxy_t *)g;
+    if (p->c != NULL) {
+        upconn_t *c = p->c;
+        p->c = NULL;
+        conn_close(c);
+    }
+}
+
+static void on_dispose(void *ptr)
+{
+    eproxy_t *p = ptr;
+    if (p->c != NULL) {
+        upconn_t *c = p->c;
+        p->c = NULL;
+        conn_close(c);
+    }
+    h2o_buffer_dispose(&p->recv);
+    h2o_buffer_dispose(&p->sending);
 }
 
 /* ---- the request head ---- */
@@ -232,171 +801,3 @@ static h2o_iovec_t build_head(h2o_req_t *req, bool keepalive)
     return h2o_iovec_init(buf, off);
 }
 
-/* ---- upstream callbacks ---- */
-
-static void fail_502(eproxy_t *p, const char *what, const char *errstr)
-{
-    sg_log(SG_LOG_WARN, "edge proxy: upstream failed", SG_LS("stage", what), SG_LS("error", errstr));
-    sg_http_error(p->req, 502, "The sandbox's node could not be reached");
-}
-
-static h2o_http1client_head_cb on_connect(h2o_http1client_t *client, const char *errstr,
-                                          h2o_iovec_t **reqbufs, size_t *reqbufcnt, int *is_head)
-{
-    eproxy_t *p = client->data;
-    if (errstr != NULL) {
-        p->client = NULL;
-        fail_502(p, "connect", errstr);
-        return NULL;
-    }
-    /* connected: from here on the idle timeout applies, not the connect timeout */
-    client->ctx = p->io_ctx;
-    *reqbufs = p->up;
-    *reqbufcnt = p->up[1].base != NULL ? 2 : 1;
-    *is_head = p->is_head;
-    return on_head;
-}
-
-static h2o_http1client_body_cb on_head(h2o_http1client_t *client, const char *errstr, int minor,
-                                       int status, h2o_iovec_t msg, h2o_header_t *headers,
-                                       size_t nheaders, int rlen)
-{
-    eproxy_t *p = client->data;
-    h2o_req_t *req = p->req;
-    if (errstr != NULL && errstr != h2o_http1client_error_is_eos) {
-        p->client = NULL;
-        fail_502(p, "response head", errstr);
-        return NULL;
-    }
-    if (status == 101) { /* only Upgrade requests may switch, and those do not come here */
-        p->client = NULL;
-        fail_502(p, "response head", "101 to a request without Upgrade");
-        return NULL;
-    }
-    req->res.status = status;
-    req->res.reason = h2o_strdup(&req->pool, msg.base, msg.len).base;
-    for (size_t i = 0; i < nheaders; i++) {
-        h2o_header_t *h = &headers[i];
-        /* http1client frees the head once this returns: copy every value */
-        h2o_iovec_t v = h2o_strdup(&req->pool, h->value.base, h->value.len);
-        if (h2o_iovec_is_token(h->name)) {
-            const h2o_token_t *t = (const h2o_token_t *)h->name;
-            if (t->proxy_should_drop_for_res || t == H2O_TOKEN_SERVER || t == H2O_TOKEN_X_COMPRESS_HINT)
-                continue;
-            if (t == H2O_TOKEN_CONTENT_LENGTH) {
-                if (req->res.content_length != SIZE_MAX ||
-                    (req->res.content_length = h2o_strtosize(v.base, v.len)) == SIZE_MAX) {
-                    p->client = NULL;
-                    req->res.content_length = SIZE_MAX;
-                    req->res.headers = (h2o_headers_t){NULL};
-                    fail_502(p, "response head", "malformed content-length");
-                    return NULL;
-                }
-                continue;
-            }
-            h2o_add_header(&req->pool, &req->res.headers, t, h->orig_name, v.base, v.len);
-        } else {
-            h2o_iovec_t n = h2o_strdup(&req->pool, h->name->base, h->name->len);
-            h2o_add_header_by_str(&req->pool, &req->res.headers, n.base, n.len, 0, h->orig_name,
-                                  v.base, v.len);
-        }
-    }
-    h2o_start_response(req, &p->super);
-    if (errstr == h2o_http1client_error_is_eos) {
-        p->client = NULL;
-        p->eos = true;
-        do_send(p);
-        return NULL;
-    }
-    return on_body;
-}
-
-static int on_body(h2o_http1client_t *client, const char *errstr)
-{
-    eproxy_t *p = client->data;
-    h2o_buffer_t **in = &client->sock->input;
-    if ((*in)->size != 0) {
-        if (p->recv->size == 0) {
-            /* take the socket's buffer as is (no copy); it gets our empty one */
-            h2o_buffer_t *t = p->recv;
-            p->recv = *in;
-            *in = t;
-        } else {
-            h2o_iovec_t room = h2o_buffer_reserve(&p->recv, (*in)->size);
-            memcpy(room.base, (*in)->bytes, (*in)->size);
-            p->recv->size += (*in)->size;
-            h2o_buffer_consume(in, (*in)->size);
-        }
-    }
-    if (errstr != NULL) {
-        /* the client is closed when this returns */
-        p->client = NULL;
-        p->eos = true;
-        if (errstr != h2o_http1client_error_is_eos) {
-            p->failed = true;
-            sg_log(SG_LOG_WARN, "edge proxy: upstream body failed", SG_LS("error", errstr));
-        }
-    } else if (p->recv->size >= HIGH_WATER && !p->paused) {
-        /* backpressure: nothing more from the node until h2o took what we hold */
-        p->reader = client->sock->_cb.read;
-        h2o_socket_read_stop(client->sock);
-        p->paused = true;
-    }
-    if (!p->inflight)
-        do_send(p);
-    return 0;
-}
-
-/* ---- downstream ---- */
-
-/* Hands `recv` to h2o when h2o holds nothing of ours. Returns false when the final chunk went
- * out: the request (and p, in its pool) may be gone then. h2o 2.2.5 calls proceed from write
- * completions, never from inside h2o_send, so p is intact while h2o_send runs. */
-static bool do_send(eproxy_t *p)
-{
-    if (p->inflight || (p->recv->size == 0 && !p->eos))
-        return true;
-    h2o_buffer_t *t = p->sending;
-    p->sending = p->recv;
-    p->recv = t;
-    h2o_iovec_t v = h2o_iovec_init(p->sending->bytes, p->sending->size);
-    p->inflight = true;
-    if (p->eos) {
-        h2o_send(p->req, &v, v.len != 0 ? 1 : 0,
-                 p->failed ? H2O_SEND_STATE_ERROR : H2O_SEND_STATE_FINAL);
-        return false;
-    }
-    h2o_send(p->req, &v, 1, H2O_SEND_STATE_IN_PROGRESS);
-    return true;
-}
-
-static void on_proceed(h2o_generator_t *g, h2o_req_t *req)
-{
-    eproxy_t *p = (eproxy_t *)g;
-    p->inflight = false;
-    h2o_buffer_consume(&p->sending, p->sending->size);
-    if (!do_send(p))
-        return;
-    if (p->paused && p->client != NULL && p->recv->size < HIGH_WATER) {
-        p->paused = false;
-        h2o_socket_read_start(p->client->sock, p->reader);
-    }
-}
-
-static void on_stop(h2o_generator_t *g, h2o_req_t *req)
-{
-    eproxy_t *p = (eproxy_t *)g;
-    if (p->client != NULL)
-        h2o_http1client_cancel(p->client);
-    p->client = NULL;
-}
-
-static void on_dispose(void *ptr)
-{
-    eproxy_t *p = ptr;
-    if (p->client != NULL)
-        h2o_http1client_cancel(p->client);
-    p->client = NULL;
-    h2o_buffer_dispose(&p->recv);
-    h2o_buffer_dispose(&p->sending);
-}

@@ -78,6 +78,7 @@ struct sg_worker {
     size_t nlisteners;
     uv_async_t wake;
     uv_async_t tls_wake;            /* server.c: a certificate reload was published */
+    uv_prepare_t log_flush;         /* server.c: writes this thread's batched log lines */
     _Atomic unsigned tls_gen_seen;  /* last reload generation this worker switched to */
     uv_timer_t drain;
     long long drain_deadline_ms, quiet_since_ms;
@@ -146,9 +147,10 @@ void sg__edge_stats(sg_worker_t *w, uint64_t *hits, uint64_t *misses);
 
 /* edge_proxy.c: proxies req (headers already prepared by edge.c) to the node proxy at host:port
  * with a streaming, backpressured generator; answers 502 JSON itself when the node cannot be
- * reached. connect_ctx bounds the connect, io_ctx the rest. Not for Upgrade requests. */
-void sg__edge_proxy(h2o_req_t *req, h2o_http1client_ctx_t *connect_ctx,
-                    h2o_http1client_ctx_t *io_ctx, h2o_iovec_t host, uint16_t port);
+ * reached. connect_timeout bounds the connect, io_timeout every wait after it. Not for
+ * Upgrade requests. */
+void sg__edge_proxy(h2o_req_t *req, h2o_timeout_t *connect_timeout, h2o_timeout_t *io_timeout,
+                    h2o_iovec_t host, uint16_t port);
 
 /* ratelimit.c: the per-address request rate limit. Returns 0 (go on) or -1 after answering 429
  * with Retry-After. Any worker thread. */

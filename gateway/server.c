@@ -373,10 +373,19 @@ static void on_wake(uv_async_t *a)
     uv_timer_start(&w->drain, on_drain_tick, 0, 20);
 }
 
+static void on_log_flush(uv_prepare_t *h) { sg_log_batch_flush(); }
+
 static void *worker_main(void *arg)
 {
     sg_worker_t *w = arg;
+    /* access lines of one loop iteration in one write (without the buffer, logging unbatched) */
+    if (sg_log_batch_start() == 0) {
+        uv_prepare_init(&w->loop, &w->log_flush);
+        uv_prepare_start(&w->log_flush, on_log_flush);
+        uv_unref((uv_handle_t *)&w->log_flush);
+    }
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    sg_log_batch_stop();
     return NULL;
 }
 

@@ -16,21 +16,6 @@
 #include "common/common.h"
 #include "node/internal.h"
 
-struct phr_header {
-    const char *name;
-    size_t name_len;
-    const char *value;
-    size_t value_len;
-};
-/* picohttpparser, exported by libh2o (no public header is shipped). */
-int phr_parse_request(const char *buf, size_t len, const char **method, size_t *method_len,
-                      const char **path, size_t *path_len, int *minor_version,
-                      struct phr_header *headers, size_t *num_headers, size_t last_len);
-
-int phr_parse_response(const char *buf, size_t len, int *minor_version, int *status,
-                       const char **msg, size_t *msg_len, struct phr_header *headers,
-                       size_t *num_headers, size_t last_len);
-
 #define MAX_ENV 256
 #define MAX_PROXY_HEADERS 100
 
