@@ -1,6 +1,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 #include <cmocka.h>
 #include "common/common.h"
@@ -107,6 +108,42 @@ static void test_common_log_parse(void **state)
     assert_int_equal(sg_log_format_parse("xml", &f), SG_EINVAL);
 }
 
+/* Batched lines reach the stream only at a flush (or when the batch is full), whole and in order. */
+static void test_common_log_batch(void **state)
+{
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    sg_log_setup(SG_LOG_INFO, SG_LOG_LOGFMT, f);
+    assert_int_equal(sg_log_batch_start(), 0);
+    sg_log(SG_LOG_INFO, "first", SG_LI("n", 1));
+    sg_log(SG_LOG_INFO, "second", SG_LI("n", 2));
+    assert_int_equal(ftell(f), 0);
+    sg_log_batch_flush();
+    long after2 = ftell(f);
+    assert_true(after2 > 0);
+    /* 64 KiB of lines: the batch writes early instead of growing */
+    for (int i = 0; i < 200; i++)
+        sg_log(SG_LOG_INFO, "filler", SG_LS("pad", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"));
+    assert_true(ftell(f) > after2);
+    sg_log_batch_stop();
+    sg_log_msg(SG_LOG_INFO, "unbatched");
+    char buf[128 * 1024];
+    rewind(f);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = '\0';
+    char *first = strstr(buf, "msg=first n=1\n"), *second = strstr(buf, "msg=second n=2\n");
+    assert_non_null(first);
+    assert_non_null(second);
+    assert_true(first < second);
+    size_t lines = 0;
+    for (char *p = buf; (p = strstr(p, "msg=filler pad=")) != NULL; p++)
+        lines++;
+    assert_int_equal(lines, 200);
+    assert_non_null(strstr(buf, "msg=unbatched\n"));
+    sg_log_setup(SG_LOG_INFO, SG_LOG_LOGFMT, NULL);
+    fclose(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -115,6 +152,7 @@ int main(void)
         cmocka_unit_test(test_common_ct_compare),   cmocka_unit_test(test_common_hex_roundtrip),
         cmocka_unit_test(test_common_log_logfmt),   cmocka_unit_test(test_common_log_json),
         cmocka_unit_test(test_common_log_truncates), cmocka_unit_test(test_common_log_parse),
+        cmocka_unit_test(test_common_log_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
