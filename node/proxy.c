@@ -210,9 +210,9 @@ static void fall_back_to_close(pconn_t *c)
     dir_read(&c->c2u);
 }
 
-static void on_dir_written(uv_write_t *w, int status)
+/* A write toward d->dst ended (status 0: all of it went out): what direction d does next. */
+static void dir_written(dir_t *d, int status)
 {
-    dir_t *d = w->data;
     pconn_t *c = d->c;
     d->writing = false;
     if (c->closing || (c->recycling && d == &c->c2u))
@@ -225,10 +225,14 @@ static void on_dir_written(uv_write_t *w, int status)
         await_upstream_close(c);
         return;
     }
-    if (c->ka && d == &c->c2u && c->req_left == 0)
-        return; /* the request body is complete: the client's next bytes are the next request */
+    if (c->ka && d == &c->c2u && c->req_left == 0) {
+        dir_pause(d); /* the request body is complete: the client's next bytes are the next request */
+        return;
+    }
     dir_read(d);
 }
+
+static void on_dir_written(uv_write_t *w, int status) { dir_written(w->data, status); }
 
 static dir_t *dir_of(pconn_t *c, uv_stream_t *src)
 {
@@ -241,8 +245,33 @@ static void on_dir_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
     *b = uv_buf_init(d->buf, BUF_SIZE);
 }
 
+/* Writes bufs toward d->dst. Most writes go out at once (the destination's socket has room):
+ * then d keeps reading, without the read stop and restart (two epoll changes) that a queued
+ * write needs for backpressure. */
 static void dir_write(dir_t *d, uv_buf_t *bufs, unsigned nb)
 {
+    size_t total = 0;
+    for (unsigned i = 0; i < nb; i++)
+        total += bufs[i].len;
+    int n = uv_try_write(d->dst, bufs, nb);
+    if (n >= 0 && (size_t)n == total) {
+        dir_written(d, 0);
+        return;
+    }
+    if (n < 0 && n != UV_EAGAIN) {
+        conn_close(d->c);
+        return;
+    }
+    for (size_t left = n > 0 ? (size_t)n : 0; left > 0 && nb > 0;) { /* skip what went out */
+        size_t k = left < bufs[0].len ? left : bufs[0].len;
+        bufs[0].base += k;
+        bufs[0].len -= k;
+        left -= k;
+        if (bufs[0].len == 0) {
+            bufs++;
+            nb--;
+        }
+    }
     dir_pause(d);
     d->w.data = d;
     d->writing = true;
