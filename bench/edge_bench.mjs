@@ -147,6 +147,13 @@ http {
   console.log(`cpus=${os.cpus().length} wrk -t${THREADS} -c${CONNS} -d${DURATION}s --latency; gateway threads=${WORKERS}, nginx workers=${WORKERS}; rounds=${ROUNDS}`);
   console.log(`load before: ${loadavg()}`);
   for (const c of cases) { wrk(c.gateway, host, 2); wrk(c.nginx, host, 2); } // warm-up
+  // the gateway's route cache over the measured runs (its /metrics counters, all workers)
+  const routeCache = () => {
+    const m = execFileSync('curl', ['-s', '-H', 'Host: api.sandgate.test', `http://127.0.0.1:${gw.port}/metrics`], { encoding: 'utf8' });
+    const n = (name) => Number((m.match(new RegExp(`^${name} (\\d+)$`, 'm')) || [0, NaN])[1]);
+    return { hits: n('sandgate_route_cache_hits_total'), misses: n('sandgate_route_cache_misses_total') };
+  };
+  const cache0 = routeCache();
   for (let round = 0; round < ROUNDS; round++) {
     for (const c of cases) {
       const order = round % 2 === 0 ? ['gateway', 'nginx'] : ['nginx', 'gateway'];
@@ -166,6 +173,9 @@ http {
     }
   }
   console.log(`load after: ${loadavg()}`);
+  const cache1 = routeCache();
+  const dh = cache1.hits - cache0.hits, dm = cache1.misses - cache0.misses;
+  console.log(`route cache over the measured runs: ${dh} hits, ${dm} misses (hit rate ${(100 * dh / (dh + dm)).toFixed(3)}%)`);
   // What the gateway still holds once every client is gone (a stuck request would show here).
   const held = () => ['port', 'tlsPort'].map((k) => execFileSync('ss', ['-Htn', 'state', 'connected',
     `( sport = :${gw[k]} )`], { encoding: 'utf8' }).split('\n').filter(Boolean).length);

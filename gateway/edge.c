@@ -14,7 +14,12 @@
  * positive entries live POS_TTL_MS (never past the sandbox's end), negative ones NEG_TTL_MS. A
  * kill or expiry seen by any gateway is PUBLISHed on {sg}:edge:gone; every worker holds its own
  * subscriber connection and drops the entry, so a killed sandbox's URL answers 502 at once and at
- * worst after POS_TTL_MS when a message is lost (subscriber reconnecting).
+ * worst after POS_TTL_MS when a message is lost (subscriber reconnecting). A positive entry in
+ * the second half of its life that serves a request is looked up again in the background
+ * (refresh ahead, one at a time per entry): a sandbox in steady use is never a miss, so no
+ * request waits on Redis and a worker's 64 concurrent requests do not all miss together when the
+ * entry expires. The refreshed entry replaces the slot only if it still holds that sandbox (an
+ * invalidation in between wins).
  * Owns: the cache, the client context and its timeouts, the subscriber. Loop thread only.
  */
 #include <stdlib.h>
@@ -40,6 +45,7 @@ typedef struct {
     char proxy[128];      /* node proxy host:port */
     long long node_hb_ms; /* the node's last heartbeat (wall ms), 0 = none */
     long long expires_ms; /* monotonic-free wall ms (sg_now_ms) */
+    bool refreshing;      /* a refresh-ahead look-up of this entry is in flight */
 } cache_entry_t;
 
 struct sg__edge_worker {
@@ -68,6 +74,7 @@ static const char LOOKUP_LUA[] =
 
 static cache_entry_t *slot_of(sg__edge_worker_t *e, const char *id);
 static void on_lookup(sg_redis_t *r, redisReply *reply, void *data);
+static void refresh_ahead(sg__edge_worker_t *e, cache_entry_t *ent);
 static void on_pending_dispose(void *p);
 static void forward(sg__edge_worker_t *e, h2o_req_t *req, const sg_routing_t *rt,
                     const cache_entry_t *ent);
@@ -155,11 +162,14 @@ int sg__edge_handle(h2o_req_t *req)
         return 0;
     }
     cache_entry_t *ent = slot_of(e, rt.sandbox_id);
-    if (strcmp(ent->id, rt.sandbox_id) == 0 && ent->expires_ms > sg_now_ms()) {
+    long long now = sg_now_ms();
+    if (strcmp(ent->id, rt.sandbox_id) == 0 && ent->expires_ms > now) {
         atomic_fetch_add_explicit(&e->hits, 1, memory_order_relaxed);
+        if (ent->found && !ent->refreshing && ent->expires_ms - now < POS_TTL_MS / 2)
+            refresh_ahead(e, ent);
         if (!ent->found)
             not_found(req, rt.sandbox_id);
-        else if (node_down(ent, sg_now_ms()))
+        else if (node_down(ent, now))
             node_unreachable(req, rt.sandbox_id);
         else
             forward(e, req, &rt, ent);
@@ -204,23 +214,11 @@ static void on_pending_dispose(void *ptr)
     p->cmd = NULL;
 }
 
-static void on_lookup(sg_redis_t *r, redisReply *reply, void *data)
+/* The cache entry of id from a LOOKUP_LUA reply (not an error reply). */
+static void fill_entry(cache_entry_t *ent, const char *id, const redisReply *reply, long long now)
 {
-    pending_t *p = data;
-    p->cmd = NULL;
-    if (p->req == NULL)
-        return;
-    h2o_req_t *req = p->req;
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        sg_log(SG_LOG_WARN, "edge lookup failed",
-               SG_LS("error", reply != NULL ? reply->str : "no connection"));
-        sg_http_error(req, 503, "Sandbox catalog unavailable");
-        return;
-    }
-    long long now = sg_now_ms();
-    cache_entry_t *ent = slot_of(p->e, p->route.sandbox_id);
     memset(ent, 0, sizeof(*ent));
-    snprintf(ent->id, sizeof(ent->id), "%s", p->route.sandbox_id);
+    snprintf(ent->id, sizeof(ent->id), "%s", id);
     ent->expires_ms = now + NEG_TTL_MS;
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 5) {
         redisReply **el = reply->element;
@@ -236,12 +234,65 @@ static void on_lookup(sg_redis_t *r, redisReply *reply, void *data)
             ent->expires_ms = now + POS_TTL_MS < end ? now + POS_TTL_MS : end;
         }
     }
+}
+
+static void on_lookup(sg_redis_t *r, redisReply *reply, void *data)
+{
+    pending_t *p = data;
+    p->cmd = NULL;
+    if (p->req == NULL)
+        return;
+    h2o_req_t *req = p->req;
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        sg_log(SG_LOG_WARN, "edge lookup failed",
+               SG_LS("error", reply != NULL ? reply->str : "no connection"));
+        sg_http_error(req, 503, "Sandbox catalog unavailable");
+        return;
+    }
+    long long now = sg_now_ms();
+    cache_entry_t *ent = slot_of(p->e, p->route.sandbox_id);
+    fill_entry(ent, p->route.sandbox_id, reply, now);
     if (!ent->found)
         not_found(req, p->route.sandbox_id);
     else if (node_down(ent, now))
         node_unreachable(req, p->route.sandbox_id);
     else
         forward(p->e, req, &p->route, ent);
+}
+
+typedef struct {
+    sg__edge_worker_t *e;
+    char id[64];
+} refresh_t;
+
+static void on_refreshed(sg_redis_t *r, redisReply *reply, void *data)
+{
+    refresh_t *f = data;
+    cache_entry_t *ent = slot_of(f->e, f->id);
+    if (strcmp(ent->id, f->id) == 0) { /* still this sandbox's entry (not invalidated) */
+        ent->refreshing = false;
+        /* a failed look-up leaves the entry to expire: no decision past its TTL without Redis */
+        if (reply != NULL && reply->type != REDIS_REPLY_ERROR)
+            fill_entry(ent, f->id, reply, sg_now_ms());
+    }
+    free(f);
+}
+
+static void refresh_ahead(sg__edge_worker_t *e, cache_entry_t *ent)
+{
+    refresh_t *f = malloc(sizeof(*f));
+    if (f == NULL)
+        return;
+    f->e = e;
+    memcpy(f->id, ent->id, sizeof(f->id));
+    char key[96];
+    snprintf(key, sizeof(key), "{sg}:sbx:%s", ent->id);
+    const char *argv[] = {"EVAL", LOOKUP_LUA, "1", key};
+    if (sg_redis_command(e->w->redis, on_refreshed, f, 4, argv, NULL) == NULL) {
+        free(f);
+        return;
+    }
+    ent->refreshing = true;
 }
 
 /* ---- proxying ---- */

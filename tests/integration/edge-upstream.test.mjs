@@ -201,3 +201,41 @@ test('idle pooled connections are closed by the gateway after about 2 s', async 
   assert.ok(conn.closed, 'the gateway closed its idle connection');
   assert.ok(Date.now() - t0 >= 1000, 'not before the idle bound');
 });
+
+test('route cache: a sandbox in steady use is refreshed in the background, never a miss, and follows a catalog change', async () => {
+  // a second node proxy the catalog will switch the sandbox to
+  const other = net.createServer((sock) => {
+    sock.on('error', () => {});
+    sock.on('data', (d) => { if (d.includes('\r\n\r\n')) ok(sock, 'other'); });
+  });
+  await new Promise((r) => other.listen(0, '127.0.0.1', r));
+  try {
+    handler = (req, sock) => ok(sock, 'first');
+    const misses = async () => {
+      const m = await (await fetch(`${s.gw.url}/metrics`, { headers: { host: 'api.sandgate.test' } })).text();
+      return Number(m.match(/^sandgate_route_cache_misses_total (\d+)$/m)[1]);
+    };
+    assert.equal((await request('GET', '/warm')).body, 'first');
+    const m0 = await misses();
+    const t0 = Date.now();
+    while (Date.now() - t0 < 3500) { // 3.5 cache lifetimes of steady use on one worker
+      assert.equal((await request('GET', '/steady')).body, 'first');
+      await new Promise((r) => setTimeout(r, 40));
+    }
+    assert.equal(await misses() - m0, 0, 'no request missed the cache');
+
+    clearInterval(beat);
+    const move = () => s.redis.cli('HSET', '{sg}:node:fakenode', 'proxy', `127.0.0.1:${other.address().port}`,
+      'heartbeat_ms', String(Date.now()));
+    move();
+    beat = setInterval(move, 1000);
+    const t1 = Date.now();
+    let body;
+    while (Date.now() - t1 < 3000 && (body = (await request('GET', '/moved')).body) !== 'other')
+      await new Promise((r) => setTimeout(r, 40));
+    assert.equal(body, 'other', 'the refreshed entry points at the new node proxy');
+    assert.ok(Date.now() - t1 < 1600, `followed within a cache lifetime (${Date.now() - t1} ms)`);
+  } finally {
+    other.close();
+  }
+});
