@@ -45,24 +45,33 @@ typedef struct {
     char proxy[128];      /* node proxy host:port */
     long long node_hb_ms; /* the node's last heartbeat (wall ms), 0 = none */
     long long expires_ms; /* monotonic-free wall ms (sg_now_ms) */
-    bool refreshing;      /* a refresh-ahead look-up of this entry is in flight */
 } cache_entry_t;
+
+/* A catalog look-up in flight (worker-owned: it outlives any request that waits for it). */
+typedef struct {
+    sg__edge_worker_t *e;
+    char id[64];
+    bool refresh; /* refresh ahead: no request waits; fills only if the slot still holds id */
+    bool stale;   /* the sandbox was invalidated meanwhile: the answer is not cached */
+    h2o_linklist_t waiters; /* pending_t.link */
+} lookup_t;
 
 struct sg__edge_worker {
     sg_worker_t *w;
     h2o_http1client_ctx_t client_ctx;
     h2o_timeout_t io_timeout, ws_timeout, connect_timeout;
     cache_entry_t cache[CACHE_SLOTS];
+    lookup_t *inflight[CACHE_SLOTS]; /* the look-up in flight for the slot's id, if any */
     redisAsyncContext *sub;
     uv_timer_t resub;
     bool closing;
     _Atomic uint64_t hits, misses; /* written by this worker, read by /metrics on any */
 };
 
+/* A request waiting for a look-up (in its pool: its dispose leaves the waiters). */
 typedef struct {
-    h2o_req_t *req; /* NULL once the request is gone */
-    sg__edge_worker_t *e;
-    sg_redis_cmd_t *cmd;
+    h2o_req_t *req;
+    h2o_linklist_t link;
     sg_routing_t route;
 } pending_t;
 
@@ -73,8 +82,8 @@ static const char LOOKUP_LUA[] =
     "return {f[1], f[2] or '1', f[3] or '0', n[1] or '', n[2] or '0'}\n";
 
 static cache_entry_t *slot_of(sg__edge_worker_t *e, const char *id);
+static lookup_t *lookup_start(sg__edge_worker_t *e, const char *id, bool refresh);
 static void on_lookup(sg_redis_t *r, redisReply *reply, void *data);
-static void refresh_ahead(sg__edge_worker_t *e, cache_entry_t *ent);
 static void on_pending_dispose(void *p);
 static void forward(sg__edge_worker_t *e, h2o_req_t *req, const sg_routing_t *rt,
                     const cache_entry_t *ent);
@@ -165,8 +174,9 @@ int sg__edge_handle(h2o_req_t *req)
     long long now = sg_now_ms();
     if (strcmp(ent->id, rt.sandbox_id) == 0 && ent->expires_ms > now) {
         atomic_fetch_add_explicit(&e->hits, 1, memory_order_relaxed);
-        if (ent->found && !ent->refreshing && ent->expires_ms - now < POS_TTL_MS / 2)
-            refresh_ahead(e, ent);
+        if (ent->found && ent->expires_ms - now < POS_TTL_MS / 2 &&
+            e->inflight[ent - e->cache] == NULL)
+            lookup_start(e, ent->id, true);
         if (!ent->found)
             not_found(req, rt.sandbox_id);
         else if (node_down(ent, now))
@@ -176,16 +186,18 @@ int sg__edge_handle(h2o_req_t *req)
         return 0;
     }
     atomic_fetch_add_explicit(&e->misses, 1, memory_order_relaxed);
+    /* one look-up per sandbox at a time: concurrent misses wait for the one in flight */
+    lookup_t *l = e->inflight[ent - e->cache];
+    if (l == NULL || l->refresh || l->stale || strcmp(l->id, rt.sandbox_id) != 0)
+        l = lookup_start(e, rt.sandbox_id, false);
+    if (l == NULL) {
+        sg_http_error(req, 503, "Sandbox catalog unavailable");
+        return 0;
+    }
     pending_t *p = h2o_mem_alloc_shared(&req->pool, sizeof(*p), on_pending_dispose);
     p->req = req;
-    p->e = e;
     p->route = rt;
-    char key[96];
-    snprintf(key, sizeof(key), "{sg}:sbx:%s", rt.sandbox_id);
-    const char *argv[] = {"EVAL", LOOKUP_LUA, "1", key};
-    p->cmd = sg_redis_command(w->redis, on_lookup, p, 4, argv, NULL);
-    if (p->cmd == NULL)
-        sg_http_error(req, 503, "Sandbox catalog unavailable");
+    h2o_linklist_insert(&l->waiters, &p->link);
     return 0;
 }
 
@@ -197,6 +209,9 @@ void sg__edge_forget(sg_worker_t *w, const char *sandbox_id, bool publish)
     cache_entry_t *ent = slot_of(e, sandbox_id);
     if (strcmp(ent->id, sandbox_id) == 0)
         ent->id[0] = '\0';
+    lookup_t *l = e->inflight[ent - e->cache];
+    if (l != NULL && strcmp(l->id, sandbox_id) == 0)
+        l->stale = true; /* its answer may predate the kill: not cached */
     if (publish) {
         const char *argv[] = {"PUBLISH", GONE_CHANNEL, sandbox_id};
         sg_redis_command(w->redis, on_published, NULL, 3, argv, NULL);
@@ -208,10 +223,8 @@ void sg__edge_forget(sg_worker_t *w, const char *sandbox_id, bool publish)
 static void on_pending_dispose(void *ptr)
 {
     pending_t *p = ptr;
-    p->req = NULL;
-    if (p->cmd != NULL)
-        sg_redis_cancel(p->cmd);
-    p->cmd = NULL;
+    if (h2o_linklist_is_linked(&p->link))
+        h2o_linklist_unlink(&p->link);
 }
 
 /* The cache entry of id from a LOOKUP_LUA reply (not an error reply). */
@@ -236,63 +249,64 @@ static void fill_entry(cache_entry_t *ent, const char *id, const redisReply *rep
     }
 }
 
+/* Sends the look-up of id; NULL when it cannot be sent (no memory). The slot remembers it unless
+ * another sandbox's look-up holds the slot already. */
+static lookup_t *lookup_start(sg__edge_worker_t *e, const char *id, bool refresh)
+{
+    lookup_t *l = malloc(sizeof(*l));
+    if (l == NULL)
+        return NULL;
+    memset(l, 0, sizeof(*l));
+    l->e = e;
+    l->refresh = refresh;
+    snprintf(l->id, sizeof(l->id), "%s", id);
+    h2o_linklist_init_anchor(&l->waiters);
+    char key[96];
+    snprintf(key, sizeof(key), "{sg}:sbx:%s", id);
+    const char *argv[] = {"EVAL", LOOKUP_LUA, "1", key};
+    if (sg_redis_command(e->w->redis, on_lookup, l, 4, argv, NULL) == NULL) {
+        free(l);
+        return NULL;
+    }
+    lookup_t **slot = &e->inflight[slot_of(e, id) - e->cache];
+    if (*slot == NULL)
+        *slot = l;
+    return l;
+}
+
 static void on_lookup(sg_redis_t *r, redisReply *reply, void *data)
 {
-    pending_t *p = data;
-    p->cmd = NULL;
-    if (p->req == NULL)
-        return;
-    h2o_req_t *req = p->req;
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+    lookup_t *l = data;
+    sg__edge_worker_t *e = l->e;
+    cache_entry_t *ent = slot_of(e, l->id);
+    if (e->inflight[ent - e->cache] == l)
+        e->inflight[ent - e->cache] = NULL;
+    bool failed = reply == NULL || reply->type == REDIS_REPLY_ERROR;
+    if (failed && !h2o_linklist_is_empty(&l->waiters))
         sg_log(SG_LOG_WARN, "edge lookup failed",
                SG_LS("error", reply != NULL ? reply->str : "no connection"));
-        sg_http_error(req, 503, "Sandbox catalog unavailable");
-        return;
-    }
     long long now = sg_now_ms();
-    cache_entry_t *ent = slot_of(p->e, p->route.sandbox_id);
-    fill_entry(ent, p->route.sandbox_id, reply, now);
-    if (!ent->found)
-        not_found(req, p->route.sandbox_id);
-    else if (node_down(ent, now))
-        node_unreachable(req, p->route.sandbox_id);
-    else
-        forward(p->e, req, &p->route, ent);
-}
-
-typedef struct {
-    sg__edge_worker_t *e;
-    char id[64];
-} refresh_t;
-
-static void on_refreshed(sg_redis_t *r, redisReply *reply, void *data)
-{
-    refresh_t *f = data;
-    cache_entry_t *ent = slot_of(f->e, f->id);
-    if (strcmp(ent->id, f->id) == 0) { /* still this sandbox's entry (not invalidated) */
-        ent->refreshing = false;
-        /* a failed look-up leaves the entry to expire: no decision past its TTL without Redis */
-        if (reply != NULL && reply->type != REDIS_REPLY_ERROR)
-            fill_entry(ent, f->id, reply, sg_now_ms());
+    cache_entry_t got;
+    if (!failed) {
+        fill_entry(&got, l->id, reply, now);
+        /* a refresh never revives an entry invalidated (or evicted) meanwhile; a failed look-up
+         * leaves the entry to expire: no decision past its TTL without Redis */
+        if (!l->stale && (!l->refresh || strcmp(ent->id, l->id) == 0))
+            *ent = got;
     }
-    free(f);
-}
-
-static void refresh_ahead(sg__edge_worker_t *e, cache_entry_t *ent)
-{
-    refresh_t *f = malloc(sizeof(*f));
-    if (f == NULL)
-        return;
-    f->e = e;
-    memcpy(f->id, ent->id, sizeof(f->id));
-    char key[96];
-    snprintf(key, sizeof(key), "{sg}:sbx:%s", ent->id);
-    const char *argv[] = {"EVAL", LOOKUP_LUA, "1", key};
-    if (sg_redis_command(e->w->redis, on_refreshed, f, 4, argv, NULL) == NULL) {
-        free(f);
-        return;
+    while (!h2o_linklist_is_empty(&l->waiters)) {
+        pending_t *p = H2O_STRUCT_FROM_MEMBER(pending_t, link, l->waiters.next);
+        h2o_linklist_unlink(&p->link);
+        if (failed)
+            sg_http_error(p->req, 503, "Sandbox catalog unavailable");
+        else if (!got.found)
+            not_found(p->req, p->route.sandbox_id);
+        else if (node_down(&got, now))
+            node_unreachable(p->req, p->route.sandbox_id);
+        else
+            forward(e, p->req, &p->route, &got);
     }
-    ent->refreshing = true;
+    free(l);
 }
 
 /* ---- proxying ---- */

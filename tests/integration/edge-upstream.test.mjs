@@ -202,6 +202,24 @@ test('idle pooled connections are closed by the gateway after about 2 s', async 
   assert.ok(Date.now() - t0 >= 1000, 'not before the idle bound');
 });
 
+test('route cache: concurrent misses for one sandbox share one catalog look-up per worker', async () => {
+  handler = (req, sock) => ok(sock, 'x');
+  const evals = () => Number((s.redis.cli('INFO', 'commandstats').match(/cmdstat_eval:calls=(\d+)/) || [0, 0])[1]);
+  await new Promise((r) => setTimeout(r, 1300)); // every cached entry of the sandbox has expired
+  const e0 = evals();
+  const one = () => new Promise((resolve, reject) => { // each on its own connection
+    http.get({ host: '127.0.0.1', port: s.gw.port, path: '/burst', agent: false, headers: { host: HOST } }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    }).on('error', reject);
+  });
+  const rs = await Promise.all(Array.from({ length: 40 }, one));
+  for (const r of rs) assert.deepEqual(r, { status: 200, body: 'x' });
+  const n = evals() - e0;
+  assert.ok(n >= 1 && n <= 2, `${n} look-ups for 40 concurrent requests (one per worker at most)`);
+});
+
 test('route cache: a sandbox in steady use is refreshed in the background, never a miss, and follows a catalog change', async () => {
   // a second node proxy the catalog will switch the sandbox to
   const other = net.createServer((sock) => {
