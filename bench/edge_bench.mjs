@@ -35,6 +35,18 @@ const GW_NODE_TOKEN = 'test-node-token-0123456789';
 const PORT = 8080;
 
 const loadavg = () => fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+// CPU time in clock ticks (1/100 s): of some processes (user + system), and of the whole machine
+// (busy: user, nice, system, irq, softirq)
+const ticksOf = (pids) => pids.reduce((sum, pid) => {
+  try {
+    const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return sum + Number(f[11]) + Number(f[12]);
+  } catch { return sum; }
+}, 0);
+const busyTicks = () => {
+  const c = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  return c[0] + c[1] + c[2] + c[5] + c[6];
+};
 
 // wrk's summary: req/s and the p99 latency in ms (from --latency).
 function wrk(url, host, seconds = DURATION) {
@@ -158,7 +170,13 @@ http {
     for (const c of cases) {
       const order = round % 2 === 0 ? ['gateway', 'nginx'] : ['nginx', 'gateway'];
       for (const who of order) {
+        const pids = who === 'gateway' ? [gw.proc.pid] : execFileSync('pgrep', ['-P', String(nginx.pid)], { encoding: 'utf8' })
+          .split('\n').filter(Boolean).map(Number);
+        const t0 = ticksOf(pids), b0 = busyTicks();
         const res = wrk(c[who], host);
+        const n = res.rps * DURATION; // requests served
+        res.cpu = ((ticksOf(pids) - t0) * 10) / n; // ms of the proxy's CPU per request
+        res.busy = ((busyTicks() - b0) * 10) / n;  // ms of the machine's CPU per request
         c.runs[who].push(res);
         if (res.non2xx && !c.sampled) { // what the failures are (wrk only counts them)
           c.sampled = true;
@@ -199,13 +217,27 @@ http {
   console.log(`a gateway request after the runs: ${after}`);
   const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   console.log('\n(medians of the rounds; a case with non-2xx answers in any round is marked *: not a valid figure)');
-  console.log('case          | gateway req/s  p99 ms | nginx req/s  p99 ms | rps ratio | p99 ratio');
+  console.log('case          | gateway req/s  p99 ms | nginx req/s  p99 ms | rps ratio | p99 ratio | paired ratio');
+  console.log('(paired ratio: the median of each round\'s gateway/nginx req/s, robust to a machine that drifts between rounds)');
   for (const c of cases) {
     const g = { rps: median(c.runs.gateway.map((x) => x.rps)), p99: median(c.runs.gateway.map((x) => x.p99)) };
     const n = { rps: median(c.runs.nginx.map((x) => x.rps)), p99: median(c.runs.nginx.map((x) => x.p99)) };
     const bad = [...c.runs.gateway, ...c.runs.nginx].some((x) => x.non2xx || x.errs) ? '*' : ' ';
+    const paired = median(c.runs.gateway.map((x, i) => x.rps / c.runs.nginx[i].rps));
     console.log(`${c.name}${bad}   | ${g.rps.toFixed(0).padStart(13)} ${g.p99.toFixed(2).padStart(7)} | ${n.rps.toFixed(0).padStart(11)} ` +
-      `${n.p99.toFixed(2).padStart(7)} | ${(g.rps / n.rps).toFixed(2).padStart(9)} | ${(g.p99 / n.p99).toFixed(2).padStart(9)}`);
+      `${n.p99.toFixed(2).padStart(7)} | ${(g.rps / n.rps).toFixed(2).padStart(9)} | ${(g.p99 / n.p99).toFixed(2).padStart(9)} | ` +
+      `${paired.toFixed(2).padStart(12)}`);
+  }
+  // Where the CPU goes: both proxies share the node proxy, the sandbox's server and wrk on the same
+  // cores, so a proxy that used no CPU at all would serve at most busy / (busy - nginx's own) times
+  // nginx's requests (CPU-bound runs).
+  console.log('\nCPU per request (ms, medians of the rounds): the proxy itself, and the whole machine');
+  console.log('case          | gateway  machine | nginx  machine | bound for a proxy using no CPU');
+  for (const c of cases) {
+    const gc = median(c.runs.gateway.map((x) => x.cpu)), gb = median(c.runs.gateway.map((x) => x.busy));
+    const nc = median(c.runs.nginx.map((x) => x.cpu)), nb = median(c.runs.nginx.map((x) => x.busy));
+    console.log(`${c.name}    | ${gc.toFixed(4).padStart(7)} ${gb.toFixed(4).padStart(8)} | ${nc.toFixed(4).padStart(5)} ` +
+      `${nb.toFixed(4).padStart(8)} | ${(nb / (nb - nc)).toFixed(2)}x nginx`);
   }
   await sbx.kill().catch(() => {});
   await gw.stop('SIGKILL');
