@@ -113,6 +113,9 @@ int sg__proxy_rewrite_response_ka(const char *buf, size_t len, bool keepalive, b
 /* Whether a (rewritten) final response head announces a chunked body: Transfer-Encoding whose
  * codings include "chunked". */
 bool sg__proxy_head_chunked(const char *head, size_t len);
+/* Whether an upstream's final response head (as received) leaves its connection open for another
+ * request: HTTP/1.1 without "Connection: close". */
+bool sg__proxy_response_keepalive(const char *buf, size_t len);
 
 /* Follows a chunked response body as the proxy relays it, so that an upstream that goes away
  * mid-body (a killed sandbox) can be told from one that finished. */

@@ -389,8 +389,9 @@ int sg__proxy_parse_head(const char *buf, size_t len, const char *token, sg__pro
         goto badport;
     out->port = port;
 
-    /* Rewrite: request line, headers minus ours; a plain request gets "Connection: close" so one
-     * upstream connection never carries a second request (it could be for another sandbox). */
+    /* Rewrite: request line, headers minus ours and the client's Connection/Keep-Alive; a request
+     * that cannot be followed by another on its connection gets "Connection: close" (a keep-alive
+     * one asks nothing: HTTP/1.1 keeps the sandbox's connection open for the node to reuse). */
     size_t cap = out->head_len + 64;
     char *o = malloc(cap);
     if (o == NULL) {
@@ -418,7 +419,7 @@ int sg__proxy_parse_head(const char *buf, size_t len, const char *token, sg__pro
         memcpy(o + n, "\r\n", 2);
         n += 2;
     }
-    if (!out->upgrade)
+    if (!out->upgrade && !out->keepalive)
         n += (size_t)snprintf(o + n, cap - n, "Connection: close\r\n");
     n += (size_t)snprintf(o + n, cap - n, "\r\n");
     out->out = o;
@@ -510,6 +511,21 @@ int sg__proxy_rewrite_response_ka(const char *buf, size_t len, bool keepalive, b
     *out = o;
     *out_len = n;
     return 1;
+}
+
+bool sg__proxy_response_keepalive(const char *buf, size_t len)
+{
+    int minor, status;
+    const char *msg;
+    size_t msg_len, nh = MAX_PROXY_HEADERS;
+    struct phr_header hs[MAX_PROXY_HEADERS];
+    if (phr_parse_response(buf, len, &minor, &status, &msg, &msg_len, hs, &nh, 0) <= 0 || minor != 1)
+        return false;
+    for (size_t i = 0; i < nh; i++)
+        if (hs[i].name != NULL && hname(&hs[i], "connection") &&
+            contains_token_ci(hs[i].value, hs[i].value_len, "close"))
+            return false;
+    return true;
 }
 
 bool sg__proxy_head_chunked(const char *head, size_t len)

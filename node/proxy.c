@@ -4,20 +4,30 @@
  *
  * Per request: read the request head (at most 64 KiB, 10 s for a connection's first one), check
  * the node token in constant time, resolve X-Sandgate-Sandbox-Id/-Port, connect to <sandbox
- * address>:<port> (5 s), send the head without the three X-Sandgate headers and with "Connection:
- * close" (one upstream connection per request: the next request may name another sandbox), then
- * relay bytes both ways. Each direction has one 64 KiB buffer and stops reading its source while
- * a write to the other side is pending, so a slow reader pauses the sender through TCP
- * backpressure: memory per connection is bounded (~260 KiB: the two relay buffers and the request
- * and response head buffers). WebSocket upgrades are the same relay.
+ * address>:<port> (5 s) or reuse the kept connection (below), send the head without the three
+ * X-Sandgate headers, then relay bytes both ways. Each direction has one 64 KiB buffer; a write
+ * the destination cannot take at once stops reading its source until it is done, so a slow
+ * reader pauses the sender through TCP backpressure: memory per connection is bounded (~260 KiB:
+ * the two relay buffers and the request and response head buffers). WebSocket upgrades are the
+ * same relay.
  *
  * Keep-alive towards the client (the gateway): a request that is HTTP/1.1, no upgrade, no
  * "Connection: close" and framed by Content-Length (or bodiless) is relayed exactly (req_left
  * bytes of body, no more); when its response is framed too (Content-Length, HEAD, 204, 304) the
- * relay counts resp_left bytes, lets the sandbox close the upstream connection (at most DRAIN_MS)
- * and reads the client's next request (idle bound KEEPALIVE_MS; bytes that arrived early wait in `head`). Anything else
- * (chunked, close-delimited, a response before the whole request body was taken, an early EOF)
- * falls back to the one-request connection: "Connection: close", relay until both sides end.
+ * relay counts resp_left bytes and then reads the client's next request (idle bound KEEPALIVE_MS;
+ * bytes that arrived early wait in `head`). Anything else (chunked, close-delimited, a response
+ * before the whole request body was taken, an early EOF) falls back to the one-request
+ * connection: "Connection: close" both ways, relay until both sides end.
+ *
+ * The sandbox connection of a keep-alive exchange: the request goes without "Connection: close";
+ * when the sandbox's framed response leaves the connection open (HTTP/1.1, no "Connection:
+ * close", nothing past the body) it is kept, idle and watched (the sandbox closing it drops it),
+ * and the client's next request reuses it when it is for the same sandbox and port and the
+ * connection has been idle less than UPSTREAM_IDLE_MS (a server may close an idle connection at
+ * any moment; an older one is not trusted with a request). Otherwise it is reset (RST: nothing
+ * is in flight, and no TIME-WAIT is left on the node's ports) and a new one connected. A sandbox
+ * that closes instead gets to close first (at most DRAIN_MS) so that its TIME-WAIT stays on its
+ * side. So a client's steady requests to one sandbox port cost no connection each.
  * A chunked response body is followed (sg__chunk_track) so that an upstream ending inside it (a
  * killed sandbox) reaches the client as a truncated body, not as a complete one.
  */
@@ -32,6 +42,7 @@
 #define CONNECT_TIMEOUT_MS 5000
 #define KEEPALIVE_MS 60000 /* above the gateways' pool timeout: the gateway closes first */
 #define DRAIN_MS 1000      /* how long a sandbox may take to close after its framed response */
+#define UPSTREAM_IDLE_MS 2000 /* a kept sandbox connection idle longer is not reused (see top) */
 
 typedef struct sg__proxy {
     uv_tcp_t listener;
@@ -75,11 +86,21 @@ struct pconn {
     long long req_left;  /* ka: request body bytes not yet read from the client */
     long long resp_left; /* ka and the response is framed: body bytes not yet relayed */
     size_t head_fwd;     /* ka: bytes of `head` sent upstream with the request head */
+    /* the sandbox connection kept for the next request (see the note at the top) */
+    bool up_keep;        /* the response in progress leaves `upstream` open for another request */
+    bool up_idle;        /* `upstream` is open and idle, connected to up_sbx:up_port */
+    char up_sbx[64];
+    int up_port;
+    uint64_t up_idle_since; /* loop time (ms) when its last exchange ended */
+    struct sockaddr_in up_sa; /* where the next connect goes */
+    void (*after_drop)(pconn_t *c);
     dir_t c2u, u2c;
 };
 
 static void conn_close(pconn_t *c);
 static void on_upstream_recycled(uv_handle_t *h);
+static void keep_upstream(pconn_t *c);
+static void serve_next(pconn_t *c);
 static void handle_head(pconn_t *c);
 static void read_heads(pconn_t *c);
 static void on_timeout(uv_timer_t *t);
@@ -104,7 +125,10 @@ static void conn_close(pconn_t *c)
     c->closing = true;
     uv_close((uv_handle_t *)&c->client, on_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
-    if (c->upstream_init)
+    /* an idle kept sandbox connection is reset: nothing is in flight on it, and no TIME-WAIT
+     * is left on the node's ports */
+    if (c->upstream_init &&
+        !(c->up_idle && uv_tcp_close_reset(&c->upstream, on_handle_closed) == 0))
         uv_close((uv_handle_t *)&c->upstream, on_handle_closed);
 }
 
@@ -196,6 +220,10 @@ static void next_request(pconn_t *c)
  * not close, and anything it still sends is dropped. */
 static void await_upstream_close(pconn_t *c)
 {
+    if (c->up_keep) { /* the sandbox keeps it open: kept for the next request instead */
+        keep_upstream(c);
+        return;
+    }
     c->draining = true;
     uv_timer_start(&c->timer, on_timeout, DRAIN_MS, 0);
     dir_read(&c->u2c);
@@ -326,13 +354,17 @@ static bool response_head(pconn_t *c, dir_t *d, const char *data, size_t len)
         memcpy(out + out_len, h, hl);
         out_len += hl;
         free(h);
+        bool final = status != 101 && status >= 200;
+        bool up_ka = final && sg__proxy_response_keepalive(c->rhead + off, consumed);
         off += consumed;
         if (status == 101 || status >= 200) {
             c->resp_done = true;
-            if (c->ka && body_len >= 0)
+            if (c->ka && body_len >= 0) {
                 c->resp_left = body_len;
-            else if (c->ka)
+                c->up_keep = up_ka;
+            } else if (c->ka) {
                 fall_back_to_close(c);
+            }
             c->chunked = status != 101 && status != 204 && status != 304 &&
                          !c->is_head &&
                          sg__proxy_head_chunked(out + out_len - hl, hl);
@@ -351,8 +383,10 @@ static bool response_head(pconn_t *c, dir_t *d, const char *data, size_t len)
     bufs[nb++] = uv_buf_init(out, (unsigned)out_len);
     if (c->resp_done) {
         size_t rest = c->rhead_len - off;
-        if (c->ka && (long long)rest > c->resp_left)
+        if (c->ka && (long long)rest > c->resp_left) {
             rest = (size_t)c->resp_left; /* bytes past the framed body are not the client's */
+            c->up_keep = false;          /* and the connection is out of step: not reused */
+        }
         if (c->ka)
             c->resp_left -= (long long)rest;
         if (rest > 0)
@@ -425,8 +459,10 @@ static void on_dir_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
             return;
         }
     } else if (c->ka && d == &c->u2c) {
-        if ((long long)n > c->resp_left)
+        if ((long long)n > c->resp_left) {
             n = (size_t)c->resp_left; /* past the framed body: not the client's */
+            c->up_keep = false;
+        }
         c->resp_left -= (long long)n;
         if (n == 0) { /* (reading stops at the framed end; should it not, the same ending) */
             dir_pause(d);
@@ -465,18 +501,9 @@ static void on_head_sent(uv_write_t *w, int status)
     start_relay(c);
 }
 
-static void on_upstream_connect(uv_connect_t *req, int status)
+/* Sends the request head (c->resp) on `upstream`, connected or reused. */
+static void send_head(pconn_t *c)
 {
-    pconn_t *c = req->data;
-    if (c->closing)
-        return;
-    uv_timer_stop(&c->timer);
-    if (status != 0) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "The sandbox is running but port %d is not open", c->port);
-        respond(c, 502, msg);
-        return;
-    }
     /* c->resp holds the rewritten head; bytes already read past the head follow it (ka: only
      * the request's own body; later bytes stay for the next request). */
     size_t fwd = c->head_len;
@@ -492,6 +519,98 @@ static void on_upstream_connect(uv_connect_t *req, int status)
         conn_close(c);
 }
 
+static void on_upstream_connect(uv_connect_t *req, int status)
+{
+    pconn_t *c = req->data;
+    if (c->closing)
+        return;
+    uv_timer_stop(&c->timer);
+    if (status != 0) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "The sandbox is running but port %d is not open", c->port);
+        respond(c, 502, msg);
+        return;
+    }
+    send_head(c);
+}
+
+static void connect_upstream(pconn_t *c)
+{
+    uv_tcp_init(c->client.loop, &c->upstream);
+    c->upstream.data = c;
+    c->upstream_init = true;
+    c->open_handles++;
+    uv_tcp_nodelay(&c->upstream, 1);
+    c->connreq.data = c;
+    uv_timer_start(&c->timer, on_timeout, CONNECT_TIMEOUT_MS, 0);
+    if (uv_tcp_connect(&c->connreq, &c->upstream, (struct sockaddr *)&c->up_sa, on_upstream_connect) != 0) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "The sandbox is running but port %d is not open", c->port);
+        respond(c, 502, msg);
+    }
+}
+
+/* ---- the kept sandbox connection ---- */
+
+static void on_upstream_dropped(uv_handle_t *h)
+{
+    pconn_t *c = h->data;
+    if (c->closing) {
+        on_handle_closed(h);
+        return;
+    }
+    c->open_handles--;
+    void (*then)(pconn_t *) = c->after_drop;
+    c->after_drop = NULL;
+    if (then != NULL)
+        then(c);
+}
+
+/* Closes the idle kept connection (reset: nothing is in flight); then `then` runs, if any. */
+static void drop_idle_upstream(pconn_t *c, void (*then)(pconn_t *))
+{
+    c->up_idle = false;
+    c->upstream_init = false;
+    c->after_drop = then;
+    uv_read_stop((uv_stream_t *)&c->upstream);
+    if (uv_tcp_close_reset(&c->upstream, on_upstream_dropped) != 0)
+        uv_close((uv_handle_t *)&c->upstream, on_upstream_dropped);
+}
+
+static void on_idle_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
+{
+    pconn_t *c = h->data;
+    *b = uv_buf_init(c->u2c.buf, BUF_SIZE); /* the relay buffer is free while idle */
+}
+
+/* The sandbox closed its idle connection, or sent what no request asked for: not reusable. */
+static void on_idle_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    pconn_t *c = s->data;
+    if (nread != 0 && c->up_idle)
+        drop_idle_upstream(c, NULL);
+}
+
+/* The framed response is relayed and the sandbox keeps its connection open: it stays, watched
+ * for the sandbox closing it, for the client's next request if that is for the same sandbox and
+ * port. */
+static void keep_upstream(pconn_t *c)
+{
+    uv_timer_stop(&c->timer);
+    if (c->req_left > 0 || c->c2u.writing) { /* see next_request */
+        conn_close(c);
+        return;
+    }
+    dir_pause(&c->u2c);
+    if (uv_read_start((uv_stream_t *)&c->upstream, on_idle_alloc, on_idle_read) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->up_idle = true;
+    c->up_idle_since = uv_now(c->client.loop);
+    serve_next(c);
+}
+
 static void on_timeout(uv_timer_t *t)
 {
     pconn_t *c = t->data;
@@ -499,7 +618,7 @@ static void on_timeout(uv_timer_t *t)
         next_request(c); /* the sandbox keeps its side open: close ours */
         return;
     }
-    if (c->upstream_init && !c->relaying) {
+    if (c->upstream_init && !c->relaying && !c->up_idle) {
         char msg[96];
         snprintf(msg, sizeof(msg), "The sandbox is running but port %d is not open", c->port);
         respond(c, 502, msg);
@@ -549,11 +668,18 @@ static void on_upstream_recycled(uv_handle_t *h)
         return;
     }
     c->open_handles--;
+    serve_next(c);
+}
+
+/* The previous exchange is over (its upstream connection closed or kept idle): the next request. */
+static void serve_next(pconn_t *c)
+{
     c->relaying = false;
     c->resp_done = false;
     c->rhead_len = 0;
     c->ka = false;
     c->resp_left = 0;
+    c->up_keep = false;
     free(c->rout);
     c->rout = NULL;
     uv_timer_start(&c->timer, on_timeout, KEEPALIVE_MS, 0);
@@ -619,20 +745,24 @@ static void handle_head(pconn_t *c)
     memmove(c->head, c->head + h.head_len, c->head_len - h.head_len);
     c->head_len -= h.head_len;
 
-    struct sockaddr_in sa;
-    uv_ip4_addr(sb->addr, c->port, &sa);
-    uv_tcp_init(c->client.loop, &c->upstream);
-    c->upstream.data = c;
-    c->upstream_init = true;
-    c->open_handles++;
-    uv_tcp_nodelay(&c->upstream, 1);
-    c->connreq.data = c;
-    uv_timer_start(&c->timer, on_timeout, CONNECT_TIMEOUT_MS, 0);
-    if (uv_tcp_connect(&c->connreq, &c->upstream, (struct sockaddr *)&sa, on_upstream_connect) != 0) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "The sandbox is running but port %d is not open", c->port);
-        respond(c, 502, msg);
+    uv_ip4_addr(sb->addr, c->port, &c->up_sa);
+    bool same = strcmp(c->up_sbx, h.sandbox) == 0 && c->up_port == c->port;
+    snprintf(c->up_sbx, sizeof(c->up_sbx), "%s", h.sandbox);
+    c->up_port = c->port;
+    if (c->up_idle) {
+        /* a sandbox server may close an idle connection at any time: one idle a while is not
+         * trusted with a request (it could close under it), a fresh connection is */
+        if (same && uv_now(c->client.loop) - c->up_idle_since < UPSTREAM_IDLE_MS) {
+            uv_read_stop((uv_stream_t *)&c->upstream);
+            c->up_idle = false;
+            uv_timer_stop(&c->timer);
+            send_head(c);
+            return;
+        }
+        drop_idle_upstream(c, connect_upstream);
+        return;
     }
+    connect_upstream(c);
 }
 
 static void on_accept(uv_stream_t *l, int status)

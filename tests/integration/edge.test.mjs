@@ -353,7 +353,10 @@ test('edge: a sandbox on a down node answers a JSON 502 at once; served again wh
 
     node.proc.kill('SIGCONT');
     stopped = false;
-    await waitFor(() => viaHost(8000, sbx.sandboxId, '/i.html', ['-m', '3']).status === 200, 20000, 200);
+    // every worker of the gateway sees the node back within its route cache's lifetime (1 s):
+    // wait for several answers in a row (new connections: either worker)
+    await waitFor(() => [0, 1, 2, 3].every(() => viaHost(8000, sbx.sandboxId, '/i.html', ['-m', '3']).status === 200),
+      20000, 200);
     assert.equal(viaHost(8000, sbx.sandboxId, '/i.html').body, 'down-ok\n');
   } finally {
     if (stopped) node.proc.kill('SIGCONT');

@@ -293,6 +293,59 @@ test('node proxy: port 8000 server reachable, 8001 502, unknown 404, token 401',
   } finally { await remove(id); }
 });
 
+// An HTTP/1.1 keep-alive server that answers each request with the client's port: which
+// connection of the node's the request came on.
+const PORT_SERVER = `import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        b = str(self.client_address[1]).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(b))); self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", int(__import__("sys").argv[1])), H).serve_forever()
+`;
+
+test('node proxy: a keep-alive client reuses one sandbox connection per sandbox port; switching ports or idling resets it', opts, async () => {
+  const { id, addr } = await create();
+  try {
+    execIn(node, id, ['sh', '-c', `cat > /tmp/ps.py <<'PYEOF'\n${PORT_SERVER}PYEOF`]);
+    for (const p of [8002, 8003])
+      sh('runc', ['--root', join(node.state, 'runc'), 'exec', '-d', containerOf(node, id), 'python3', '/tmp/ps.py', String(p)],
+        { stdio: 'ignore' });
+    for (const p of [8002, 8003]) await waitFor(async () => (await viaProxy(node, id, p, '/')).status === 200);
+    // one client connection, requests one after another
+    const sock = net.connect(7071, node.nodeIp);
+    sock.setEncoding('latin1');
+    let buf = '';
+    const waiters = [];
+    sock.on('data', (d) => {
+      buf += d;
+      const m = buf.match(/^HTTP\/1\.1 200 [^]*?\r\n\r\n(\d+)/);
+      if (m && waiters.length) { buf = buf.slice(m[0].length); waiters.shift()(m[1]); }
+    });
+    const get = (port) => new Promise((resolve) => {
+      waiters.push(resolve);
+      sock.write(`GET / HTTP/1.1\r\nHost: x\r\nX-Sandgate-Node-Token: ${TOKEN}\r\nX-Sandgate-Sandbox-Id: ${id}\r\n` +
+        `X-Sandgate-Sandbox-Port: ${port}\r\n\r\n`);
+    });
+    const timeWait = () => sh('ip', ['netns', 'exec', node.ns, 'ss', '-Htan', 'state', 'time-wait',
+      'dst', addr]).split('\n').filter(Boolean).length;
+    const tw0 = timeWait();
+    const a = [await get(8002), await get(8002), await get(8002)];
+    assert.equal(new Set(a).size, 1, `three requests, one sandbox connection (${a})`);
+    const b = await get(8003);
+    const c = await get(8002);
+    assert.notEqual(c, a[0], 'after a request to another port, a new connection');
+    assert.equal(await get(8002), c);
+    await new Promise((r) => setTimeout(r, 2300));
+    assert.notEqual(await get(8002), c, 'a connection idle past 2 s is not reused');
+    assert.ok(b);
+    assert.equal(timeWait() - tw0, 0, 'connections the node dropped were reset: no TIME-WAIT on the node');
+    sock.destroy();
+  } finally { await remove(id); }
+});
+
 const BIG_SERVER = `import http.server, socketserver
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):

@@ -154,12 +154,34 @@ static void test_node_proxy_head(void **state)
     assert_non_null(strstr(out, "GET /a?b=1 HTTP/1.1\r\n"));
     assert_non_null(strstr(out, "Host: x\r\n"));
     assert_non_null(strstr(out, "Authorization: Basic dTo=\r\n"));
-    assert_non_null(strstr(out, "Connection: close\r\n"));
+    /* a keep-alive request asks nothing of the sandbox (HTTP/1.1 keeps its connection open) */
+    assert_true(h.keepalive);
+    assert_null(strcasestr(out, "connection:"));
     assert_null(strcasestr(out, "sandgate"));
     assert_null(strstr(out, "keep-alive"));
     assert_true(strlen(out) > 4 && strcmp(out + strlen(out) - 4, "\r\n\r\n") == 0);
     free(out);
     free(h.out);
+    /* one that cannot be followed by another asks the sandbox to close */
+    assert_int_equal(head("GET / HTTP/1.1\r\nX-Sandgate-Node-Token: " TOK "\r\n"
+                          "X-Sandgate-Sandbox-Id: abc1\r\nX-Sandgate-Sandbox-Port: 8000\r\n"
+                          "Connection: close\r\n\r\n", &h), 1);
+    assert_false(h.keepalive);
+    out = strndup(h.out, h.out_len);
+    assert_non_null(strstr(out, "Connection: close\r\n"));
+    free(out);
+    free(h.out);
+    /* the sandbox's answer: may its connection carry another request? */
+    static const char *const keep[] = {"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                                       "HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n"};
+    static const char *const no[] = {"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+                                     "HTTP/1.1 200 OK\r\nConnection: Close\r\n\r\n",
+                                     "HTTP/1.1 200 OK\r\nconnection: keep-alive, close\r\n\r\n",
+                                     "garbage\r\n\r\n", "HTTP/1.1 200 OK\r\n"};
+    for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++)
+        assert_true(sg__proxy_response_keepalive(keep[i], strlen(keep[i])));
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+        assert_false(sg__proxy_response_keepalive(no[i], strlen(no[i])));
 
     /* Incomplete head */
     assert_int_equal(sg__proxy_parse_head(req, 20, TOK, &h), 0);
