@@ -195,8 +195,7 @@ int sg__edge_handle(h2o_req_t *req)
         return 0;
     }
     pending_t *p = h2o_mem_alloc_shared(&req->pool, sizeof(*p), on_pending_dispose);
-    p->req = req;
-    p->route = rt;
+    *p = (pending_t){.req = req, .route = rt}; /* link unlinked (NULL) before the insert */
     h2o_linklist_insert(&l->waiters, &p->link);
     return 0;
 }
