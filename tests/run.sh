@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up and runs every test: packages, build (warnings are errors), the base template (cached),
+# Sets up and runs every test: packages, build (warnings are errors, assert() kept: h2o's inline
+# assertions catch misuse of its lists and buffers), the base template (cached),
 # the npm test dependencies, cmocka unit tests and fuzz-corpus replays (ctest), then the
 # integration and end-to-end suites (node:test) against real PostgreSQL, Redis, node agents,
 # envd and the official E2B SDK. Needs root (namespaces, cgroups, runc).
