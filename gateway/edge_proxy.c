@@ -110,6 +110,7 @@ static void connect_new(eproxy_t *p);
 static void send_request(eproxy_t *p);
 static void on_connected(uv_connect_t *cr, int status);
 static void on_resolved(uv_getaddrinfo_t *gai, int status, struct addrinfo *res);
+static bool retry(eproxy_t *p);
 static void on_written(uv_write_t *wr, int status);
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
@@ -279,8 +280,25 @@ static void send_request(eproxy_t *p)
         r = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
         c->reading = r == 0;
     }
-    if (r != 0)
+    if (r != 0 && !retry(p))
         upstream_failed(p, "request", uv_strerror(r));
+}
+
+/* A pooled connection that failed before any byte of the answer: the node closed it as the
+ * request went out. An idempotent request gets one new try on a new connection (true). */
+static bool retry(eproxy_t *p)
+{
+    if (p->state != HEAD || p->got_bytes || !p->reused || p->retried ||
+        !is_idempotent(&p->req->method))
+        return false;
+    upconn_t *c = p->c;
+    p->c = NULL;
+    c->p = NULL;
+    conn_close(c);
+    p->retried = true;
+    p->reused = false;
+    connect_new(p);
+    return true;
 }
 
 static void on_written(uv_write_t *wr, int status)
@@ -290,7 +308,7 @@ static void on_written(uv_write_t *wr, int status)
         return;
     /* A node that answered before taking the whole request body may close: its answer, if
      * any, is read as usual; without one the read side reports the end. */
-    if (c->p->state == HEAD && !c->p->got_bytes)
+    if (c->p->state == HEAD && !c->p->got_bytes && !retry(c->p))
         upstream_failed(c->p, "request", uv_strerror(status));
 }
 
@@ -320,17 +338,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     }
     if (n < 0) {
-        if (p->state == HEAD && !p->got_bytes && p->reused && !p->retried &&
-            is_idempotent(&p->req->method)) {
-            /* the node closed this pooled connection as the request went out: one new try */
-            p->c = NULL;
-            c->p = NULL;
-            conn_close(c);
-            p->retried = true;
-            p->reused = false;
-            connect_new(p);
+        if (retry(p))
             return;
-        }
         if (p->state == BODY && p->framing == BODY_CLOSE && n == UV_EOF) {
             release(p, false);
             p->eos = true;
