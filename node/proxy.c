@@ -198,13 +198,15 @@ static void on_shutdown(uv_shutdown_t *sh, int status) { maybe_done(sh->data); }
 
 /* The response ended where its framing says (ka): drop the upstream connection, then serve the
  * client's next request (on_upstream_recycled). */
+/* The sandbox answered before taking the whole request body: the client connection is
+ * mid-request, so it cannot carry another one. */
+static bool mid_request(const pconn_t *c) { return c->req_left > 0 || c->c2u.writing; }
+
 static void next_request(pconn_t *c)
 {
     c->draining = false;
     uv_timer_stop(&c->timer);
-    if (c->req_left > 0 || c->c2u.writing) {
-        /* the sandbox answered before taking the whole request body: the client connection is
-         * mid-request, so it cannot carry another one */
+    if (mid_request(c)) {
         conn_close(c);
         return;
     }
@@ -597,7 +599,7 @@ static void on_idle_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 static void keep_upstream(pconn_t *c)
 {
     uv_timer_stop(&c->timer);
-    if (c->req_left > 0 || c->c2u.writing) { /* see next_request */
+    if (mid_request(c)) {
         conn_close(c);
         return;
     }

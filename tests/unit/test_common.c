@@ -122,8 +122,11 @@ static void test_common_log_batch(void **state)
     long after2 = ftell(f);
     assert_true(after2 > 0);
     /* 64 KiB of lines: the batch writes early instead of growing */
+    char pad[301];
+    memset(pad, 'x', sizeof(pad) - 1);
+    pad[sizeof(pad) - 1] = '\0';
     for (int i = 0; i < 200; i++)
-        sg_log(SG_LOG_INFO, "filler", SG_LS("pad", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"));
+        sg_log(SG_LOG_INFO, "filler", SG_LS("pad", pad));
     assert_true(ftell(f) > after2);
     sg_log_batch_stop();
     sg_log_msg(SG_LOG_INFO, "unbatched");
